@@ -1,0 +1,1 @@
+"""Identity layer: ID normalization, hashed forms, ID-mapping (OneID), the bucket function."""
