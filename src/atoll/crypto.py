@@ -42,6 +42,8 @@ __all__ = [
     "AEAD_KEY_SIZE",
     "SEAL_VERSION",
     "Rng",
+    "aead_decrypt",
+    "aead_encrypt",
     "constant_time_equal",
     "hkdf",
     "keyed_hash",
@@ -146,33 +148,56 @@ def hkdf(key_material: bytes, *, info: bytes, length: int = 32, salt: bytes | No
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(key_material)
 
 
+def _check_aead_key(key: bytes) -> None:
+    if len(key) != AEAD_KEY_SIZE:
+        raise CryptoError(f"AEAD key must be {AEAD_KEY_SIZE} bytes, got {len(key)}")
+
+
+def aead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
+    """Raw ChaCha20-Poly1305 (RFC 8439): ``ciphertext || tag``. Prefer :func:`seal`.
+
+    The caller owns nonce uniqueness; this exists for recipes that derive
+    nonces deterministically (per-chunk counters) and for known-answer tests.
+    """
+    _check_aead_key(key)
+    if len(nonce) != _NONCE_SIZE:
+        raise CryptoError(f"AEAD nonce must be {_NONCE_SIZE} bytes, got {len(nonce)}")
+    return ChaCha20Poly1305(key).encrypt(nonce, plaintext, aad)
+
+
+def aead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes = b"") -> bytes:
+    """Inverse of :func:`aead_encrypt`; :class:`DecryptionError` on any failure."""
+    _check_aead_key(key)
+    if len(nonce) != _NONCE_SIZE or len(ciphertext) < _TAG_SIZE:
+        raise DecryptionError()
+    try:
+        return ChaCha20Poly1305(key).decrypt(nonce, ciphertext, aad)
+    except InvalidTag as exc:
+        raise DecryptionError() from exc
+
+
 def seal(key: bytes, plaintext: bytes, *, aad: bytes = b"", rng: Rng | None = None) -> bytes:
     """Encrypt and authenticate ``plaintext`` under ``key`` (ChaCha20-Poly1305).
 
     Output: ``SEAL_VERSION (1 byte) || nonce (12) || ciphertext || tag (16)``.
-    The version byte and ``aad`` are both authenticated.
+    The version byte and ``aad`` are both authenticated. Nonces are random
+    (96 bits): keep well under 2**32 messages per key.
     """
-    if len(key) != AEAD_KEY_SIZE:
-        raise CryptoError(f"AEAD key must be {AEAD_KEY_SIZE} bytes, got {len(key)}")
+    _check_aead_key(key)
     nonce = _rng(rng)(_NONCE_SIZE)
     if len(nonce) != _NONCE_SIZE:
         raise CryptoError("rng returned the wrong number of bytes")
     header = bytes([SEAL_VERSION])
-    body = ChaCha20Poly1305(key).encrypt(nonce, plaintext, header + aad)
-    return header + nonce + body
+    return header + nonce + aead_encrypt(key, nonce, plaintext, header + aad)
 
 
 def open_sealed(key: bytes, envelope: bytes, *, aad: bytes = b"") -> bytes:
     """Decrypt an envelope made by :func:`seal`; raise :class:`DecryptionError` on any failure."""
-    if len(key) != AEAD_KEY_SIZE:
-        raise CryptoError(f"AEAD key must be {AEAD_KEY_SIZE} bytes, got {len(key)}")
+    _check_aead_key(key)
     if len(envelope) < 1 + _NONCE_SIZE + _TAG_SIZE or envelope[0] != SEAL_VERSION:
         raise DecryptionError()
     nonce = envelope[1 : 1 + _NONCE_SIZE]
-    try:
-        return ChaCha20Poly1305(key).decrypt(nonce, envelope[1 + _NONCE_SIZE :], envelope[:1] + aad)
-    except InvalidTag as exc:
-        raise DecryptionError() from exc
+    return aead_decrypt(key, nonce, envelope[1 + _NONCE_SIZE :], envelope[:1] + aad)
 
 
 def constant_time_equal(a: bytes, b: bytes) -> bool:
