@@ -23,6 +23,7 @@ optionally compressed: ``.csv.gz``) unless ``fmt`` says otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import enum
 import io as _io
@@ -50,6 +51,7 @@ from atoll.errors import ConfigError, InputError, SchemaError
 __all__ = [
     "DEFAULT_BATCH_ROWS",
     "Format",
+    "TableWriter",
     "iter_batches",
     "read_table",
     "write_table",
@@ -540,3 +542,103 @@ def write_table(
         tmp.unlink(missing_ok=True)
         raise
     return p
+
+
+class TableWriter:
+    """Write a table batch by batch to CSV or Parquet, atomically on :meth:`close`.
+
+    The streaming counterpart of :func:`write_table`, for inputs too large to
+    hold at once: rows go to a temporary file in the target's folder, which
+    replaces ``path`` only when every batch has been written; an error (or
+    leaving the ``with`` block by an exception) removes the temporary file and
+    leaves any previous ``path`` untouched. The schema is fixed by the first
+    batch; a later batch with another schema is a :class:`SchemaError`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fmt: Format | str | None = None,
+        *,
+        list_separator: str = "|",
+        compression: str = "zstd",
+    ) -> None:
+        self.path = Path(path)
+        self.format = _format_of(self.path, fmt)
+        self.rows = 0
+        self._list_separator = list_separator
+        self._compression = compression
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{id(self)}")
+        self._writer: Any = None
+        self._schema: pa.Schema | None = None
+        self._closed = False
+
+    def __enter__(self) -> TableWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, data: pa.Table | pa.RecordBatch) -> None:
+        """Append ``data`` (same schema as the first write)."""
+        if self._closed:
+            raise ConfigError(f"{self.path}: writer already closed")
+        table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
+        if self._schema is None:
+            self._schema = table.schema
+        elif not table.schema.equals(self._schema):
+            raise SchemaError(
+                f"batch schema {table.schema} differs from the first batch's {self._schema}",
+                source=str(self.path),
+            )
+        try:
+            if self.format is Format.PARQUET:
+                if self._writer is None:
+                    self._writer = pq.ParquetWriter(
+                        str(self._tmp), table.schema, compression=self._compression
+                    )
+                self._writer.write_table(table)
+            else:
+                ready = _csv_ready(table, str(self.path), self._list_separator)
+                if self._writer is None:
+                    options = pa_csv.WriteOptions(
+                        delimiter="\t" if self.format is Format.TSV else ","
+                    )
+                    self._writer = pa_csv.CSVWriter(
+                        str(self._tmp), ready.schema, write_options=options
+                    )
+                self._writer.write_table(ready)
+        except (pa.ArrowException, OSError) as exc:
+            self.abort()
+            raise InputError(
+                f"cannot write {self.format.value}: {exc}", source=str(self.path)
+            ) from exc
+        self.rows += table.num_rows
+
+    def close(self) -> Path:
+        """Finish the file and move it into place; returns the path."""
+        if self._closed:
+            return self.path
+        if self._writer is None:
+            raise ConfigError(f"{self.path}: nothing was written (no schema to write)")
+        try:
+            self._writer.close()
+            os.replace(self._tmp, self.path)
+        except (pa.ArrowException, OSError) as exc:
+            self.abort()
+            raise InputError(
+                f"cannot write {self.format.value}: {exc}", source=str(self.path)
+            ) from exc
+        self._closed = True
+        return self.path
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        if self._writer is not None and not self._closed:
+            with contextlib.suppress(pa.ArrowException, OSError):  # being discarded anyway
+                self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+        self._closed = True
