@@ -271,3 +271,40 @@ def test_header_names_are_trimmed(tmp_path: Path) -> None:
     ]
     with pytest.raises(SchemaError, match="more than once"):
         read_table(_write(tmp_path, "d.csv", "phone,phone \n1,2\n"))
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_table_writer_streams_and_replaces_atomically(tmp_path: Path, suffix: str) -> None:
+    from atoll.data.io import TableWriter
+
+    target = tmp_path / f"out{suffix}"
+    first = pa.table({"id": ["007", "008"], "tags": [["a", "b"], []]})
+    second = pa.table({"id": ["009"], "tags": [["c"]]})
+    with TableWriter(target) as writer:
+        writer.write(first)
+        writer.write(second.to_batches()[0])
+        assert not target.exists()  # nothing visible until close
+    assert writer.rows == 3
+    back = read_table(target, column_types={"tags": pa.list_(pa.string())})
+    assert back["id"].to_pylist() == ["007", "008", "009"]
+    assert back["tags"].to_pylist()[0] == ["a", "b"]
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_table_writer_aborts_on_error_and_rejects_schema_drift(tmp_path: Path) -> None:
+    from atoll.data.io import TableWriter
+
+    target = tmp_path / "out.parquet"
+    target.write_bytes(b"previous")
+
+    def write_two() -> None:
+        with TableWriter(target) as writer:
+            writer.write(pa.table({"id": ["1"]}))
+            writer.write(pa.table({"id": [1]}))
+
+    with pytest.raises(SchemaError, match=r"out\.parquet"):
+        write_two()
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
+    with pytest.raises(ConfigError, match="nothing was written"):
+        TableWriter(tmp_path / "empty.csv").close()
