@@ -192,6 +192,7 @@ REASONS: Final[Mapping[str, str]] = MappingProxyType(
         "too_long": "longer than the type allows (128 characters; e-mail 254)",
         "not_printable": "contains control or invisible format characters",
         "bad_encoding": "contains U+FFFD, the mark of a failed decode (GBK read as UTF-8?)",
+        "unknown_id_type": "the row's id_type is empty or names no known identifier kind",
         "email_bad_at": "an e-mail address needs exactly one '@'",
         "email_bad_local": "the part before '@' is empty, longer than 64, or has spaces",
         "email_bad_domain": "the part after '@' is not a plausible domain (labels + TLD)",
