@@ -121,6 +121,27 @@ def test_bucketed_sum_is_identical_on_every_engine(
     assert [unordered[i] for i in range(len(paths))] == partials
 
 
+def test_bucketed_dataset_profile_is_identical_on_every_engine(
+    executor: Executor, tmp_path: Path
+) -> None:
+    """A real BucketedDataset, the demo's per-bucket task: local == process == Ray."""
+    from atoll.data.datasets import BucketedDataset
+    from atoll.demo import bucket_profile
+
+    ids = [f"138{n % 700:08d}" for n in range(2000)]
+    table = pa.table({"phone": ids, "n": list(range(2000))})
+    dataset = BucketedDataset.write(table, tmp_path / "ds", id_column="phone", buckets=16)
+    tasks = [(str(dataset.path), b, "phone") for b in dataset.buckets()]
+    parts = executor.map(bucket_profile, tasks)
+    expected = [
+        {"rows": t.num_rows, "distinct_ids": len(pc.unique(t["phone"]))}
+        for _, t in dataset.iter_buckets()
+    ]
+    assert parts == expected
+    assert sum(p["rows"] for p in parts) == 2000
+    assert sum(p["distinct_ids"] for p in parts) == 700
+
+
 # -- errors --------------------------------------------------------------------
 
 
