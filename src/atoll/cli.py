@@ -155,7 +155,13 @@ def ids_normalize(
     import pyarrow.compute as pc
 
     from atoll.data.io import TableWriter, iter_batches
-    from atoll.ids.normalize import HashForm, IdKind, InvalidReport, hash_array, normalize_array
+    from atoll.ids.normalize import (
+        HashForm,
+        IdKind,
+        InvalidReport,
+        hash_array,
+        normalize_table_column,
+    )
 
     rejects_path = rejects or out.with_name(f"{out.stem}.rejects{out.suffix}")
     report: InvalidReport | None = None
@@ -172,18 +178,11 @@ def ids_normalize(
             offset = 0
             for batch in iter_batches(input_path):
                 table = pa.Table.from_batches([batch])
-                if column not in table.column_names:
-                    raise ConfigError(
-                        f"{input_path}: no column {column!r} "
-                        f"(columns: {', '.join(table.column_names)})"
-                    )
-                result = normalize_array(
-                    table[column], kind, source=str(input_path), column=column, row_offset=offset
+                normalized, result = normalize_table_column(
+                    table, column, kind, source=str(input_path), row_offset=offset
                 )
                 report = result.report if report is None else report.merge(result.report)
-                good = table.filter(result.valid).set_column(
-                    table.column_names.index(column), column, result.values.filter(result.valid)
-                )
+                good = normalized.filter(result.valid)
                 if form is not HashForm.PLAIN and kind.form is HashForm.PLAIN:
                     good = good.append_column(
                         f"{column}_{form.value}",
@@ -281,7 +280,7 @@ def bucket(
     from atoll.data.datasets import BucketedDataset
     from atoll.data.io import iter_batches
     from atoll.ids.buckets import BucketFunction
-    from atoll.ids.normalize import IdKind, InvalidReport, normalize_array
+    from atoll.ids.normalize import IdKind, InvalidReport, normalize_table_column
 
     try:
         fn = BucketFunction(buckets, bytes.fromhex(salt)) if salt else BucketFunction(buckets)
@@ -299,23 +298,12 @@ def bucket(
                 offset = 0
                 for batch in iter_batches(input_path):
                     table = pa.Table.from_batches([batch])
-                    if id_column not in table.column_names:
-                        raise ConfigError(
-                            f"{input_path}: no column {id_column!r} "
-                            f"(columns: {', '.join(table.column_names)})"
-                        )
                     if kind is not None:
-                        result = normalize_array(
-                            table[id_column],
-                            kind,
-                            source=str(input_path),
-                            column=id_column,
-                            row_offset=offset,
+                        normalized, result = normalize_table_column(
+                            table, id_column, kind, source=str(input_path), row_offset=offset
                         )
                         reports.append(result.report)
-                        index = table.column_names.index(id_column)
-                        values = result.values.filter(result.valid)
-                        table = table.filter(result.valid).set_column(index, id_column, values)
+                        table = normalized.filter(result.valid)
                     offset += batch.num_rows
                     progress.update(task, completed=offset)
                     yield table

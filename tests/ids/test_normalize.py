@@ -530,3 +530,19 @@ def _ref_android_id(value: str) -> str | None:
     if not re.fullmatch(r"[0-9a-f]{13,16}", text):
         return None
     return None if set(text) == {"0"} or text == "9774d56d682e549c" else text
+
+
+def test_normalize_table_column_replaces_the_column_and_names_a_missing_one() -> None:
+    from atoll.ids.normalize import normalize_table_column
+
+    table = pa.table({"member_id": ["m1", "m2"], "phone": ["+86 138-0013-8000", "12345"]})
+    out, result = normalize_table_column(table, "phone", "phone", source="m.csv", row_offset=10)
+    assert out.column_names == table.column_names
+    assert out["phone"].to_pylist() == ["13800138000", None]
+    assert out["member_id"].to_pylist() == ["m1", "m2"]
+    assert result.valid.to_pylist() == [True, False]
+    assert [s.row for s in result.report.samples] == [12]
+    with pytest.raises(
+        SchemaError, match=r"m\.csv: no column 'mobile' \(columns: member_id, phone\)"
+    ):
+        normalize_table_column(table, "mobile", "phone", source="m.csv")

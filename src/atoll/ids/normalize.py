@@ -65,6 +65,7 @@ __all__ = [
     "luhn_check_digit",
     "mask_identifier",
     "normalize_array",
+    "normalize_table_column",
     "normalize_value",
     "parse_form",
 ]
@@ -959,6 +960,37 @@ def _normalize_chunk(
         max_samples=max_samples,
     )
     return values, valid, report
+
+
+def normalize_table_column(
+    table: pa.Table,
+    column: str,
+    kind: IdKind | str,
+    *,
+    source: str | None = None,
+    row_offset: int = 0,
+    max_samples: int = 5,
+) -> tuple[pa.Table, Normalized]:
+    """Normalize ``table[column]`` in place of the original; invalid rows become null.
+
+    Returns the table with the column replaced and the :class:`Normalized`
+    result (its ``valid`` mask selects the good rows, its ``report`` counts
+    the rest). A missing column is a :class:`SchemaError` listing the columns.
+    """
+    if column not in table.column_names:
+        raise SchemaError(
+            f"no column {column!r} (columns: {', '.join(table.column_names)})", source=source
+        )
+    result = normalize_array(
+        table[column],
+        kind,
+        source=source,
+        column=column,
+        row_offset=row_offset,
+        max_samples=max_samples,
+    )
+    index = table.column_names.index(column)
+    return table.set_column(index, column, result.values), result
 
 
 def normalize_array(
