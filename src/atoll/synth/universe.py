@@ -291,7 +291,7 @@ def unique_phones(rng: np.random.Generator, n: int, taken: Int | None = None) ->
         dup |= np.isin(out, reserved)
         k = int(dup.sum())
         if k == 0:
-            return out
+            return np.asarray(out, dtype=np.int64)
         out[dup] = prefixes[rng.integers(0, prefixes.size, k)] * 100_000_000 + rng.integers(
             0, 100_000_000, k
         )

@@ -7,8 +7,7 @@ implementation touches one file. We never implement a primitive that
 ``cryptography`` (OpenSSL) or the standard library's ``hashlib`` (BLAKE2,
 MD5, SHA-2 from OpenSSL / the reference BLAKE2 code) provides.
 
-What is here now (the foundation needs it; later capabilities add group
-operations, HPKE, OT and Paillier/ElGamal math here):
+What is here:
 
 * :func:`md5_hex`, :func:`sha256_hex` – the industry's hashed-ID forms, and
   their batch forms :func:`md5_hex_many` / :func:`sha256_hex_many` (one tight
@@ -20,6 +19,10 @@ operations, HPKE, OT and Paillier/ElGamal math here):
 * :func:`seal` / :func:`open_sealed` – AEAD (ChaCha20-Poly1305, RFC 8439)
   in a versioned envelope: ``version(1) || nonce(12) || ciphertext||tag``.
 * :func:`constant_time_equal` – never compare secrets with ``==``.
+
+Submodules hold the larger families, each the only importer of its library
+for its purpose: :mod:`atoll.crypto.group` (ristretto255 through libsodium,
+the group every public-key protocol runs over).
 
 Randomness is injected (``rng``) so that known-answer tests can replay
 byte-for-byte; production callers leave it ``None`` (``os.urandom``).

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -40,8 +38,9 @@ app = typer.Typer(
 ids_app = typer.Typer(help="Identifier normalization and ID-mapping.", no_args_is_help=True)
 app.add_typer(ids_app, name="ids")
 
-console = Console(stderr=True)
-out_console = Console()
+from atoll.cli._common import console, out_console  # noqa: E402
+from atoll.cli._common import fail as _fail  # noqa: E402
+from atoll.cli._common import print_kv as _print_kv  # noqa: E402
 
 
 class TableFormat(StrEnum):
@@ -63,20 +62,6 @@ def _progress() -> Iterator[Progress]:
         transient=False,
     ) as progress:
         yield progress
-
-
-def _fail(exc: AtollError) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
-    return typer.Exit(code=2)
-
-
-def _print_kv(title: str, rows: dict[str, Any]) -> None:
-    table = Table(title=title, show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    for key, value in rows.items():
-        table.add_row(key, str(value))
-    out_console.print(table)
 
 
 def _print_invalid(report: Any, title: str) -> None:
@@ -372,6 +357,11 @@ def demo(
     out_console.print(f"[bold green]demo finished.[/] Outputs are in {summary.out.resolve()}")
     out_console.print(f"  summary: {summary.summary_md.resolve()}")
     out_console.print(f"  summary (JSON): {summary.summary_json.resolve()}")
+
+
+# --- sub-command groups of later capabilities: each lives in atoll/cli/<name>.py,
+# defines its own `app = typer.Typer(...)`, and is registered here, one line each.
+# (end of sub-command registrations)
 
 
 def main() -> None:
