@@ -24,6 +24,7 @@ RANK = {
     "privacy": 4,
     "analytics": 5,
     "models": 5,
+    "matching": 5,
     "island": 6,
     "control": 7,
     "execution": 3,
