@@ -1,0 +1,524 @@
+"""ECDH private set intersection over ristretto255 (receiver and sender roles).
+
+Why: the brand wants to know which of its members the provider also knows
+without either side revealing the rest of its list. The classic
+Diffie-Hellman PSI (Meadows 1986; Huberman-Franklin-Hogg 1999; the protocol
+behind Google's and OpenMined's PSI) does it in one round trip with
+hash-to-group plus two scalar multiplications per item and party, which makes
+it the portable default engine. See ``docs/protocols/ecdh-psi.md``.
+
+Flow (receiver R holds ``X``, sender S holds ``Y``; keys ``a``, ``b``)::
+
+    R -> S  PsiHello(params, context, |X|)
+    R -> S  PsiBlinded(shuffled a*H(x))
+    S -> R  PsiReply(params, b*a*H(x) in R's order -- or shuffled if
+                     cardinality-only -- truncated, and shuffled b*H(y))
+    R -> S  PsiReveal(matched sender positions | count)   only if reveal=both
+
+``H`` is RFC 9496 ``from_hash`` over a domain-separated SHA-512
+(:func:`atoll.crypto.group.hash_to_group`), the domain binding the protocol
+version and the ID kind. The receiver compares ``a*(b*H(y))`` with the
+doubly blinded values it got back, truncated to ``truncate`` bytes.
+
+Semi-honest security; every peer value is still validated (sizes, counts,
+points, parameters) so that a buggy or hostile peer produces a specific
+:class:`~atoll.errors.RemoteProtocolError`, never a wrong answer silently.
+
+The packed-array helpers here (:func:`pack`, :func:`split`, :func:`shuffle_order`)
+are shared by the other group-based protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Self
+
+import numpy as np
+import numpy.typing as npt
+
+from atoll.crypto import Rng, keyed_hash64_many, new_key
+from atoll.crypto.group import (
+    POINT_SIZE,
+    hash_to_group_many,
+    point_mul_many,
+    scalar_random,
+)
+from atoll.errors import ConfigError, CryptoError, LocalProtocolError, RemoteProtocolError
+from atoll.protocols._machine import Machine
+from atoll.protocols.messages import Message, Reader, Writer, register
+
+__all__ = [
+    "MAX_ITEMS",
+    "PSI_VERSION",
+    "IndexArray",
+    "PsiBlinded",
+    "PsiHello",
+    "PsiParams",
+    "PsiReceiver",
+    "PsiReply",
+    "PsiResult",
+    "PsiReveal",
+    "PsiSender",
+    "pack",
+    "read_packed",
+    "shuffle_order",
+    "split",
+    "write_packed",
+]
+
+#: Version of the ECDH PSI protocol (in PsiHello / PsiReply; mismatches are refused).
+PSI_VERSION = 1
+#: Most items one bucket may hold on either side (bounds every peer-sent array).
+MAX_ITEMS = 1 << 24
+_DOMAIN = b"atoll/ecdh-psi/v1"
+_MAX_CONTEXT = 256
+
+IndexArray = npt.NDArray[np.int64]
+
+
+# ---------------------------------------------------------------------------
+# Packed arrays and shuffling (shared with labeled PSI and intersection-sum)
+# ---------------------------------------------------------------------------
+
+
+def pack(items: Sequence[bytes], size: int) -> bytes:
+    """Concatenate fixed-size items; ValueError if any has another size."""
+    data = b"".join(items)
+    if len(data) != size * len(items):
+        raise ValueError(f"every item must be {size} bytes")
+    return data
+
+
+def split(data: bytes, size: int) -> list[bytes]:
+    """The inverse of :func:`pack`."""
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def write_packed(w: Writer, data: bytes, size: int) -> None:
+    """Write ``u32 count || data`` for ``data`` made of ``size``-byte items."""
+    if size <= 0 or len(data) % size:
+        raise ValueError(f"packed data is not a whole number of {size}-byte items")
+    w.u32(len(data) // size)
+    w.raw(data)
+
+
+def read_packed(r: Reader, size: int, *, max_count: int = MAX_ITEMS) -> bytes:
+    """Read what :func:`write_packed` wrote, refusing more than ``max_count`` items."""
+    n = r.u32()
+    if n > max_count:
+        raise RemoteProtocolError(f"{n} items exceed the limit of {max_count} per message")
+    return r.raw(n * size)
+
+
+def shuffle_order(n: int, rng: Rng | None) -> IndexArray:
+    """A uniformly random permutation of ``range(n)`` from a keyed PRF.
+
+    Sorting by ``BLAKE2b-64_k(i)`` for a fresh random key ``k`` gives a
+    permutation that is computationally indistinguishable from uniform (ties
+    have probability ~n^2/2^65); no global RNG is touched.
+    """
+    if n <= 1:
+        return np.arange(n, dtype=np.int64)
+    key = new_key(32, rng=rng)
+    prf = keyed_hash64_many(key, (i.to_bytes(4, "big") for i in range(n)), person=b"atoll-shuffle")
+    return np.argsort(prf, kind="stable").astype(np.int64)
+
+
+def _peer_points(scalar: bytes, points: list[bytes], what: str) -> list[bytes]:
+    try:
+        return point_mul_many(scalar, points)
+    except CryptoError as exc:
+        raise RemoteProtocolError(f"{what}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------
+# Parameters and messages (types 0x0101..0x0104)
+# ---------------------------------------------------------------------------
+
+_REVEALS = ("receiver", "both")
+
+
+@dataclass(frozen=True)
+class PsiParams:
+    """What both roles must agree on.
+
+    ``reveal``: ``"receiver"`` (only the receiver learns the intersection) or
+    ``"both"``. ``cardinality_only``: output only the intersection size.
+    ``truncate``: bytes of each doubly blinded value compared (8..32; the
+    false-match probability is at most ``|X|*|Y| / 2**(8*truncate)``).
+    ``kind``: the ID kind label, bound into the hash-to-group domain.
+    """
+
+    reveal: str = "receiver"
+    cardinality_only: bool = False
+    truncate: int = POINT_SIZE
+    kind: str = "opaque"
+
+    def __post_init__(self) -> None:
+        if self.reveal not in _REVEALS:
+            raise ConfigError(f"reveal must be 'receiver' or 'both', got {self.reveal!r}")
+        if not isinstance(self.truncate, int) or not 8 <= self.truncate <= POINT_SIZE:
+            raise ConfigError(f"truncate must be 8..{POINT_SIZE} bytes, got {self.truncate!r}")
+        if not self.kind or len(self.kind.encode()) > 64:
+            raise ConfigError("kind must be 1..64 bytes")
+
+    @property
+    def domain(self) -> bytes:
+        """The hash-to-group domain: protocol, version and ID kind."""
+        return _DOMAIN + b"/" + self.kind.encode()
+
+    def write(self, w: Writer) -> None:
+        """Encode (version first)."""
+        w.u8(PSI_VERSION)
+        w.u8(_REVEALS.index(self.reveal))
+        w.u8(int(self.cardinality_only))
+        w.u8(self.truncate)
+        w.text(self.kind)
+
+    @classmethod
+    def read(cls, r: Reader) -> tuple[int, Self]:
+        """Decode; returns ``(version, params)`` (the caller checks the version)."""
+        version = r.u8()
+        reveal = r.u8()
+        card = r.u8()
+        truncate = r.u8()
+        kind = r.text(max_len=64)
+        if reveal >= len(_REVEALS) or card > 1:
+            raise RemoteProtocolError("PSI parameters out of range")
+        try:
+            return version, cls(_REVEALS[reveal], bool(card), truncate, kind)
+        except ConfigError as exc:
+            raise RemoteProtocolError(f"peer's PSI parameters are invalid: {exc}") from exc
+
+
+def _check_peer(version: int, theirs: PsiParams, mine: PsiParams, who: str) -> None:
+    if version != PSI_VERSION:
+        raise RemoteProtocolError(
+            f"ecdh-psi: {who} speaks protocol version {version}, we speak {PSI_VERSION}"
+        )
+    for field in ("reveal", "cardinality_only", "truncate", "kind"):
+        a, b = getattr(theirs, field), getattr(mine, field)
+        if a != b:
+            raise RemoteProtocolError(
+                f"ecdh-psi: parameter mismatch: {who}'s {field} is {a!r}, ours is {b!r}"
+            )
+
+
+@register
+@dataclass(frozen=True)
+class PsiHello(Message):
+    """Receiver's opening: protocol version, parameters, context and set size."""
+
+    TYPE = 0x0101
+    params: PsiParams
+    context: bytes
+    count: int
+    version: int = PSI_VERSION
+
+    def encode_body(self, w: Writer) -> None:
+        """Version, params, context, count."""
+        w.u8(self.version)
+        self.params.write(w)
+        w.blob(self.context)
+        w.u32(self.count)
+
+    @classmethod
+    def decode_body(cls, r: Reader) -> Self:
+        """Inverse of :meth:`encode_body`."""
+        outer = r.u8()
+        version, params = PsiParams.read(r)
+        if outer != version:
+            raise RemoteProtocolError("PsiHello: inconsistent version fields")
+        context = r.blob(max_len=_MAX_CONTEXT)
+        count = r.u32()
+        return cls(params, context, count, version)
+
+
+@register
+@dataclass(frozen=True)
+class PsiBlinded(Message):
+    """Receiver's blinded items ``a*H(x)``, shuffled, packed 32 bytes each."""
+
+    TYPE = 0x0102
+    points: bytes
+
+    def encode_body(self, w: Writer) -> None:
+        """Packed points."""
+        write_packed(w, self.points, POINT_SIZE)
+
+    @classmethod
+    def decode_body(cls, r: Reader) -> Self:
+        """Inverse of :meth:`encode_body`."""
+        return cls(read_packed(r, POINT_SIZE))
+
+
+@register
+@dataclass(frozen=True)
+class PsiReply(Message):
+    """Sender's reply: its params, the doubly blinded values and its own blinded set."""
+
+    TYPE = 0x0103
+    params: PsiParams
+    doubly: bytes
+    sender_points: bytes
+
+    def encode_body(self, w: Writer) -> None:
+        """Params, packed truncated doubly blinded values, packed sender points."""
+        self.params.write(w)
+        write_packed(w, self.doubly, self.params.truncate)
+        write_packed(w, self.sender_points, POINT_SIZE)
+
+    @classmethod
+    def decode_body(cls, r: Reader) -> Self:
+        """Inverse of :meth:`encode_body` (the version is checked by the receiver)."""
+        version, params = PsiParams.read(r)
+        if version != PSI_VERSION:
+            raise RemoteProtocolError(
+                f"ecdh-psi: sender speaks protocol version {version}, we speak {PSI_VERSION}"
+            )
+        doubly = read_packed(r, params.truncate)
+        return cls(params, doubly, read_packed(r, POINT_SIZE))
+
+
+@register
+@dataclass(frozen=True)
+class PsiReveal(Message):
+    """Receiver to sender (reveal=both): matched positions in the sender's list, or a count."""
+
+    TYPE = 0x0104
+    count: int
+    positions: bytes  # packed u32 big-endian, ascending; empty when cardinality-only
+
+    def encode_body(self, w: Writer) -> None:
+        """Count, then packed positions."""
+        w.u32(self.count)
+        write_packed(w, self.positions, 4)
+
+    @classmethod
+    def decode_body(cls, r: Reader) -> Self:
+        """Inverse of :meth:`encode_body`."""
+        count = r.u32()
+        return cls(count, read_packed(r, 4))
+
+
+# ---------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PsiResult:
+    """One party's output for one run.
+
+    ``indices``: sorted positions (into this party's own item list) of the
+    matched items, or ``None`` when this party learns only the size (or,
+    for the sender with reveal=receiver, nothing about the intersection).
+    ``cardinality``: the intersection size, or ``None`` if not learned.
+    ``peer_size``: the other party's set size (both sides learn it).
+    """
+
+    indices: IndexArray | None
+    cardinality: int | None
+    peer_size: int
+
+
+# ---------------------------------------------------------------------------
+# The two roles
+# ---------------------------------------------------------------------------
+
+
+def _as_items(items: Sequence[bytes]) -> list[bytes]:
+    if len(items) > MAX_ITEMS:
+        raise LocalProtocolError(f"a bucket may hold at most {MAX_ITEMS} items, got {len(items)}")
+    return list(items)
+
+
+def _check_context(context: bytes) -> bytes:
+    if len(context) > _MAX_CONTEXT:
+        raise ConfigError(f"context must be at most {_MAX_CONTEXT} bytes")
+    return context
+
+
+class PsiReceiver(Machine[PsiResult]):
+    """The receiver: sends its blinded set first and learns the intersection."""
+
+    protocol = "ecdh-psi"
+
+    def __init__(
+        self,
+        items: Sequence[bytes],
+        *,
+        params: PsiParams | None = None,
+        context: bytes = b"",
+        rng: Rng | None = None,
+    ) -> None:
+        super().__init__()
+        self._items = _as_items(items)
+        self._params = params or PsiParams()
+        self._context = _check_context(context)
+        self._rng = rng
+        self._key = b""
+        self._order: IndexArray = np.zeros(0, dtype=np.int64)
+        self._out: PsiResult | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the intersection is known (and revealed, if asked)."""
+        return self._out is not None
+
+    def _on_start(self) -> list[Message]:
+        p = self._params
+        self._key = scalar_random(rng=self._rng)
+        n = len(self._items)
+        self._order = shuffle_order(n, self._rng)
+        hashed = hash_to_group_many((self._items[i] for i in self._order), domain=p.domain)
+        self._items = []  # not needed any more
+        blinded = point_mul_many(self._key, hashed)
+        return [PsiHello(p, self._context, n), PsiBlinded(pack(blinded, POINT_SIZE))]
+
+    def _on_receive(self, msg: Message) -> list[Message]:
+        if not isinstance(msg, PsiReply):
+            raise self._unexpected(msg, "PsiReply")
+        p = self._params
+        _check_peer(PSI_VERSION, msg.params, p, "sender")
+        n = len(self._order)
+        t = p.truncate
+        if len(msg.doubly) != n * t:
+            raise RemoteProtocolError(
+                f"ecdh-psi: sender returned {len(msg.doubly) // t} doubly blinded values "
+                f"for our {n} items"
+            )
+        mine = _peer_points(self._key, split(msg.sender_points, POINT_SIZE), "sender's set")
+        peer_size = len(mine)
+        theirs = {point[:t]: pos for pos, point in enumerate(mine)}
+        doubly = msg.doubly
+        hits = [i for i in range(n) if doubly[i * t : (i + 1) * t] in theirs]
+        count = len(hits)
+        out: list[Message] = []
+        if p.cardinality_only:
+            self._out = PsiResult(None, count, peer_size)
+            if p.reveal == "both":
+                out.append(PsiReveal(count, b""))
+            return out
+        indices = np.sort(self._order[np.asarray(hits, dtype=np.int64)])
+        self._out = PsiResult(indices, count, peer_size)
+        if p.reveal == "both":
+            positions = sorted(theirs[doubly[i * t : (i + 1) * t]] for i in hits)
+            out.append(PsiReveal(count, np.asarray(positions, dtype=">u4").tobytes()))
+        return out
+
+    def _result(self) -> PsiResult:
+        assert self._out is not None
+        return self._out
+
+
+class PsiSender(Machine[PsiResult]):
+    """The sender: answers the receiver's blinded set with its own."""
+
+    protocol = "ecdh-psi"
+
+    def __init__(
+        self,
+        items: Sequence[bytes],
+        *,
+        params: PsiParams | None = None,
+        context: bytes = b"",
+        rng: Rng | None = None,
+    ) -> None:
+        super().__init__()
+        self._items = _as_items(items)
+        self._params = params or PsiParams()
+        self._context = _check_context(context)
+        self._rng = rng
+        self._key = b""
+        self._order: IndexArray = np.zeros(0, dtype=np.int64)
+        self._peer_count: int | None = None
+        self._replied = False
+        self._out: PsiResult | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the sender's part (and the reveal, if any) is over."""
+        return self._out is not None
+
+    def _on_start(self) -> list[Message]:
+        return []
+
+    def _on_receive(self, msg: Message) -> list[Message]:
+        if self._peer_count is None:
+            if not isinstance(msg, PsiHello):
+                raise self._unexpected(msg, "PsiHello")
+            _check_peer(msg.version, msg.params, self._params, "receiver")
+            if msg.context != self._context:
+                raise RemoteProtocolError(
+                    f"ecdh-psi: context mismatch: receiver is in {msg.context!r}, "
+                    f"we are in {self._context!r}"
+                )
+            if msg.count > MAX_ITEMS:
+                raise RemoteProtocolError(f"ecdh-psi: receiver announces {msg.count} items")
+            self._peer_count = msg.count
+            return []
+        if not self._replied:
+            if not isinstance(msg, PsiBlinded):
+                raise self._unexpected(msg, "PsiBlinded")
+            return self._reply(msg, self._peer_count)
+        if not isinstance(msg, PsiReveal):
+            raise self._unexpected(msg, "PsiReveal")
+        self._take_reveal(msg)
+        return []
+
+    def _reply(self, msg: PsiBlinded, count: int) -> list[Message]:
+        p = self._params
+        received = split(msg.points, POINT_SIZE)
+        if len(received) != count:
+            raise RemoteProtocolError(
+                f"ecdh-psi: receiver announced {count} items but sent {len(received)}"
+            )
+        self._key = scalar_random(rng=self._rng)
+        doubly = _peer_points(self._key, received, "receiver's set")
+        t = p.truncate
+        if p.cardinality_only:
+            perm = shuffle_order(len(doubly), self._rng)
+            doubly = [doubly[i] for i in perm]
+        n = len(self._items)
+        self._order = shuffle_order(n, self._rng)
+        hashed = hash_to_group_many((self._items[i] for i in self._order), domain=p.domain)
+        self._items = []
+        own = point_mul_many(self._key, hashed)
+        self._replied = True
+        reply = PsiReply(p, b"".join(d[:t] for d in doubly), pack(own, POINT_SIZE))
+        if p.reveal == "receiver":
+            self._out = PsiResult(None, None, count)
+        return [reply]
+
+    def _take_reveal(self, msg: PsiReveal) -> None:
+        p = self._params
+        n = len(self._order)
+        peer = self._peer_count or 0
+        if msg.count > min(n, peer):
+            raise RemoteProtocolError(
+                f"ecdh-psi: revealed count {msg.count} exceeds the set sizes ({peer}, {n})"
+            )
+        if p.cardinality_only:
+            if msg.positions:
+                raise RemoteProtocolError("ecdh-psi: positions revealed in cardinality-only mode")
+            self._out = PsiResult(None, msg.count, peer)
+            return
+        positions = np.frombuffer(msg.positions, dtype=">u4").astype(np.int64)
+        if len(positions) != msg.count:
+            raise RemoteProtocolError(
+                f"ecdh-psi: reveal says {msg.count} matches but lists {len(positions)}"
+            )
+        if len(positions) and (
+            positions[-1] >= n or (len(positions) > 1 and bool(np.any(np.diff(positions) <= 0)))
+        ):
+            raise RemoteProtocolError(
+                "ecdh-psi: revealed positions must be ascending, unique and in range"
+            )
+        indices = np.sort(self._order[positions])
+        self._out = PsiResult(indices, msg.count, peer)
+
+    def _result(self) -> PsiResult:
+        assert self._out is not None
+        return self._out
