@@ -38,9 +38,9 @@ app = typer.Typer(
 ids_app = typer.Typer(help="Identifier normalization and ID-mapping.", no_args_is_help=True)
 app.add_typer(ids_app, name="ids")
 
-from atoll.cli._common import console, out_console  # noqa: E402
-from atoll.cli._common import fail as _fail  # noqa: E402
-from atoll.cli._common import print_kv as _print_kv  # noqa: E402
+from atoll.cli._common import console, out_console
+from atoll.cli._common import fail as _fail
+from atoll.cli._common import print_kv as _print_kv
 
 
 class TableFormat(StrEnum):
@@ -361,23 +361,32 @@ def demo(
 
 # --- sub-command groups of later capabilities: each lives in atoll/cli/<name>.py,
 # defines its own `app = typer.Typer(...)`, and is registered here, one line each.
-from atoll.cli import attest as _attest  # noqa: E402
+from atoll.cli import attest as _attest
+
 app.add_typer(_attest.app, name="attest")
-from atoll.cli import report as _report  # noqa: E402
+from atoll.cli import report as _report
+
 app.add_typer(_report.app, name="report")
-from atoll.cli import ivt as _ivt  # noqa: E402
+from atoll.cli import ivt as _ivt
+
 app.command("ivt")(_ivt.ivt)
-from atoll.cli import lbs as _lbs  # noqa: E402
+from atoll.cli import lbs as _lbs
+
 app.command("lbs-tags")(_lbs.lbs_tags)
-from atoll.cli import query as _query  # noqa: E402
+from atoll.cli import query as _query
+
 app.add_typer(_query.app, name="query")
-from atoll.cli import island as _island  # noqa: E402
+from atoll.cli import island as _island
+
 app.add_typer(_island.app, name="island")
-from atoll.cli import certs as _certs  # noqa: E402
+from atoll.cli import certs as _certs
+
 app.add_typer(_certs.app, name="certs")
-from atoll.cli import psi as _psi  # noqa: E402
+from atoll.cli import psi as _psi
+
 app.add_typer(_psi.app, name="psi")
-from atoll.cli import lookalike as _lookalike  # noqa: E402
+from atoll.cli import lookalike as _lookalike
+
 app.add_typer(_lookalike.app, name="lookalike")
 # (end of sub-command registrations)
 
