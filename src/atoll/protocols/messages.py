@@ -144,8 +144,14 @@ class Writer:
         joined = b"".join(items)
         if len(joined) != size * len(items):
             raise ValueError(f"packed items must all be {size} bytes")
-        self._parts.append(_U32.pack(len(items)))
-        self._parts.append(joined)
+        self.packed_bytes(joined, size)
+
+    def packed_bytes(self, data: bytes, size: int) -> None:
+        """The same wire form as :meth:`packed`, from items already joined into ``data``."""
+        if size <= 0 or len(data) % size:
+            raise ValueError(f"packed data is not a whole number of {size}-byte items")
+        self._parts.append(_U32.pack(len(data) // size))
+        self._parts.append(data)
 
     def blobs(self, items: Sequence[bytes]) -> None:
         """``u32 count`` then each item as a :meth:`blob`."""
@@ -229,12 +235,15 @@ class Reader:
 
     def packed(self, size: int, *, max_count: int = 1 << 26) -> list[bytes]:
         """A packed array of ``size``-byte items (at most ``max_count``)."""
+        data = self.packed_bytes(size, max_count=max_count)
+        return [data[i : i + size] for i in range(0, len(data), size)]
+
+    def packed_bytes(self, size: int, *, max_count: int = 1 << 26) -> bytes:
+        """A packed array kept joined: ``count * size`` bytes (at most ``max_count`` items)."""
         n = self.u32()
         if n > max_count:
             raise RemoteProtocolError(f"{self._what}: {n} items exceed the limit {max_count}")
-        view = self._take(n * size)
-        data = bytes(view)
-        return [data[i : i + size] for i in range(0, n * size, size)]
+        return bytes(self._take(n * size))
 
     def blobs(self, *, max_count: int = 1 << 26, max_len: int = MAX_MESSAGE_BYTES) -> list[bytes]:
         """A list written by :meth:`Writer.blobs`."""

@@ -96,19 +96,13 @@ def split(data: bytes, size: int) -> list[bytes]:
 
 
 def write_packed(w: Writer, data: bytes, size: int) -> None:
-    """Write ``u32 count || data`` for ``data`` made of ``size``-byte items."""
-    if size <= 0 or len(data) % size:
-        raise ValueError(f"packed data is not a whole number of {size}-byte items")
-    w.u32(len(data) // size)
-    w.raw(data)
+    """Write ``data`` (joined ``size``-byte items) in the codec's packed form."""
+    w.packed_bytes(data, size)
 
 
 def read_packed(r: Reader, size: int, *, max_count: int = MAX_ITEMS) -> bytes:
-    """Read what :func:`write_packed` wrote, refusing more than ``max_count`` items."""
-    n = r.u32()
-    if n > max_count:
-        raise RemoteProtocolError(f"{n} items exceed the limit of {max_count} per message")
-    return r.raw(n * size)
+    """Read a packed array kept joined, refusing more than ``max_count`` items (a bucket's cap)."""
+    return r.packed_bytes(size, max_count=max_count)
 
 
 def shuffle_order(n: int, rng: Rng | None) -> IndexArray:
