@@ -1,13 +1,8 @@
-"""The closed-loop demo: every built capability, end to end, on a synthetic world.
+"""The demo's first steps: each party prepares its own data.
 
-Why: one command (``make demo`` / ``atoll demo``) shows a new user the whole
-flow on data that looks like theirs, with embedded defaults (local files,
-DuckDB, the local executor) and no server. Each party's steps touch only that
-party's own data; nothing here joins one party's plaintext with another's —
-cross-party matching arrives with the PSI protocols and the secure island,
-which add their steps to :func:`run_demo`.
-
-Steps so far:
+Why: every later step (matching, insight, island, covert query, lookalike)
+starts from the same prepared world. These steps touch only each party's own
+data; nothing here joins one party's plaintext with another's.
 
 1. generate the synthetic world (provider, brand, media, truth) and write it;
 2. each party validates its tables against the canonical schemas and
@@ -24,7 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,37 +29,17 @@ import pyarrow.compute as pc
 from atoll.data.datasets import BucketedDataset
 from atoll.data.io import read_table, write_table
 from atoll.data.schema import SPECS
-from atoll.errors import ConfigError, IntegrityError
+from atoll.demo.context import DemoConfig, DemoContext, ProgressFn
+from atoll.errors import IntegrityError
 from atoll.execution import make_executor
 from atoll.ids.buckets import BucketFunction
 from atoll.ids.mapping import MappingConfig, build_id_graph
 from atoll.ids.normalize import InvalidReport, normalize_table_column
 from atoll.synth import WorldConfig, generate_world, write_world
 
-__all__ = ["DemoConfig", "DemoSummary", "bucket_profile", "run_demo"]
-
-#: ``progress(step, done, total)``; total 0 means unknown.
-ProgressFn = Callable[[str, int, int], None]
+__all__ = ["DemoSummary", "bucket_profile", "run_core", "write_summary"]
 
 _COLLAB_SALT = b"atoll-demo-collaboration-salt"
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Parameters of one demo run."""
-
-    out: Path = Path("out/demo")
-    devices: int = 50_000
-    seed: int = 7
-    buckets: int = 32
-    executor: str = "local"
-    address: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.devices < 1000:
-            raise ConfigError(f"demo needs at least 1000 devices, got {self.devices}")
-        if not 1 <= self.buckets <= 4096:
-            raise ConfigError(f"demo buckets must be in 1..4096, got {self.buckets}")
 
 
 @dataclass
@@ -97,12 +71,10 @@ def _report_row(report: InvalidReport) -> str:
     )
 
 
-def run_demo(config: DemoConfig, *, progress: ProgressFn | None = None) -> DemoSummary:
-    """Run the demo; write outputs under ``config.out``; return the summary."""
-    step = progress or (lambda name, done, total: None)
+def run_core(config: DemoConfig, summary: DemoSummary, step: ProgressFn) -> DemoContext:
+    """Steps 1–5 (world, normalization, OneID, bucketing, map over buckets); return the context."""
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
-    summary = DemoSummary(out=out)
     timings: dict[str, str] = {}
     fn = BucketFunction(config.buckets, _COLLAB_SALT)
 
@@ -225,13 +197,20 @@ def run_demo(config: DemoConfig, *, progress: ProgressFn | None = None) -> DemoS
             step("map over buckets", len(section), len(datasets) + 2)
     timings["map over buckets"] = f"{time.perf_counter() - t0:.1f} s"
     summary.sections["4 · bucketed datasets (map over buckets, merged)"] = section
-    summary.sections["timings"] = timings
+    return DemoContext(
+        config=config,
+        world=world,
+        paths=paths,
+        tables=tables,
+        graph_nodes=graph.nodes,
+        bucket_fn=fn,
+        progress=step,
+        timings=timings,
+    )
 
-    _write_summary(summary, config)
-    return summary
 
-
-def _write_summary(summary: DemoSummary, config: DemoConfig) -> None:
+def write_summary(summary: DemoSummary, config: DemoConfig) -> None:
+    """Write ``summary.json`` and ``summary.md`` under the output folder."""
     summary.summary_json = summary.out / "summary.json"
     summary.summary_md = summary.out / "summary.md"
     payload = {"config": {k: str(v) for k, v in vars(config).items()}, **summary.sections}
