@@ -39,9 +39,8 @@ pytest: $(VENV)/.installed-dev
 
 test: lint typecheck pytest
 
-bench: $(VENV)/.installed-dev
-	$(PY) benchmarks/bench_bucketing.py
-	$(PY) benchmarks/bench_id_mapping.py
+bench: $(VENV)/.installed-dev  ## every benchmark at its default (small) size; full-scale commands in docs/benchmarks.md
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

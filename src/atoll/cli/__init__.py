@@ -329,7 +329,7 @@ def demo(
     ] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (executor=ray).")] = None,
 ) -> None:
-    """Run the closed loop, as far as it is built, end to end on a synthetic world."""
+    """Run the closed loop end to end on a synthetic world (match, insight, island, query, TA)."""
     from atoll.demo import DemoConfig, run_demo
 
     try:
