@@ -34,6 +34,7 @@ RANK = {
     "ui": 9,
     "synth": 9,
     "demo": 9,
+    "_entry": 9,
     "__init__": 0,
     "__main__": 9,
 }

@@ -163,7 +163,10 @@ def decode_small(point: bytes, max_value: int, *, baby_steps: int = DEFAULT_BABY
     """
     if not isinstance(max_value, int) or not 0 <= max_value <= MAX_PLAINTEXT:
         raise CryptoError(f"decoding range must be 0..2**62, got {max_value!r}")
-    size = max(2, min(baby_steps, max_value + 1))
+    # Table sizes are powers of two, so buckets with different ranges share the
+    # few cached tables instead of each building its own.
+    size = 1 << max(1, min(baby_steps, max_value + 1) - 1).bit_length()
+    size = min(size, max(2, baby_steps))
     table = _baby_steps(size)
     giant = base_mul(scalar_from_int(size))
     steps = math.ceil((max_value + 1) / size)
