@@ -5,19 +5,19 @@ flow on data that looks like theirs, with embedded defaults (local files,
 DuckDB, the local executor, in-process protocol pairs and a loopback island)
 and no external server. The steps, in order:
 
-1–5. each party prepares its own data (:mod:`atoll.demo.core`): the synthetic
+1–4. each party prepares its own data (:mod:`atoll.demo.core`): the synthetic
      world, validation and ID normalization, the provider's OneID graph,
      bucketing with the collaboration's bucket function, a map over buckets;
-6.   cryptographic matching (:mod:`atoll.demo.step_matching`): PSI match rates
+5.   cryptographic matching (:mod:`atoll.demo.step_matching`): PSI match rates
      per ID type, labeled PSI tag augmentation, intersection-sum;
-7.   insight and measurement (:mod:`atoll.demo.step_insight`): invalid-traffic
+6.   insight and measurement (:mod:`atoll.demo.step_insight`): invalid-traffic
      filtering, persona/TGI of the matched audience, campaign attribution,
      LBS tags, all through the privacy guard;
-8.   the secure island (:mod:`atoll.demo.step_island`): attestation, attested
+7.   the secure island (:mod:`atoll.demo.step_island`): attestation, attested
      key release, sealed upload, an in-island match job, burn and receipts;
-9.   covert query (:mod:`atoll.demo.step_covert`): a round in each mode and the
+8.   covert query (:mod:`atoll.demo.step_covert`): a round in each mode and the
      provider's billing statement;
-10.  TA scoring (:mod:`atoll.demo.step_lookalike`): train, lift table,
+9.   TA scoring (:mod:`atoll.demo.step_lookalike`): train, lift table,
      packages, one simulated delivery round, retrain.
 
 A summary (Markdown + JSON) records every number and where the outputs are.
