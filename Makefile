@@ -39,8 +39,8 @@ pytest: $(VENV)/.installed-dev
 
 test: lint typecheck pytest
 
-bench: $(VENV)/.installed-dev  ## every benchmark at its default (small) size; full-scale commands in docs/benchmarks.md
-	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+bench: $(VENV)/.installed-dev  ## every benchmark at a small size; BENCH=full for the issues' scales
+	PY=$(PY) benchmarks/run_all.sh $(or $(BENCH),quick)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis
