@@ -62,14 +62,17 @@ __all__ = [
     "build_bucket_arrays",
     "choose_prefix_bits",
     "id_tag",
+    "id_tag_matrix",
     "id_tags",
     "open_bucket_entry",
     "oprf_blind",
     "oprf_entry_keys",
+    "oprf_entry_matrices",
     "oprf_finalize",
     "prefix_of",
     "prefix_stats",
     "rng_below",
+    "seal_entries",
     "shuffle",
 ]
 
@@ -88,6 +91,8 @@ OPRF_DOMAIN = b"atoll/covert/oprf/v1"
 _TAG_PREFIX = b"atoll/covert/id/v1\x00"
 _DERIVE_KEY = b"atoll/covert/oprf-derive/v1"
 _ENTRY_AAD = b"atoll/covert/bucket-entry/v1"
+#: One encoder for every record (``json.dumps`` with options builds one per call).
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 # --- identifiers and prefixes ---------------------------------------------------
@@ -159,9 +164,7 @@ class RecordCodec:
     @staticmethod
     def payload(values: Sequence[Any]) -> bytes:
         """The JSON body of a record (compact, UTF-8; non-JSON types as strings)."""
-        return json.dumps(
-            list(values), ensure_ascii=False, separators=(",", ":"), default=str
-        ).encode("utf-8")
+        return _JSON.encode(list(values)).encode("utf-8")
 
     @staticmethod
     def size_for(payload_len: int) -> int:
@@ -217,6 +220,71 @@ def oprf_entry_keys(f_point: bytes) -> tuple[bytes, bytes]:
     return otag, key
 
 
+def id_tag_matrix(raw_ids: Sequence[bytes]) -> npt.NDArray[np.uint8]:
+    """:func:`id_tag` of many UTF-8 encoded normalized identifiers, as a ``(n, 16)`` matrix.
+
+    The batch form used by the index build: one C hash call per ID and one
+    buffer, no per-ID Python objects kept. IDs must be 1..``MAX_ID_BYTES`` bytes.
+    """
+    if any(not 0 < len(x) <= MAX_ID_BYTES for x in raw_ids):
+        raise ConfigError(f"identifier must be 1..{MAX_ID_BYTES} UTF-8 bytes")
+    prefix = _TAG_PREFIX
+    blob = b"".join([sha256_digest(prefix + x)[:TAG_SIZE] for x in raw_ids])
+    return np.frombuffer(blob, dtype=np.uint8).reshape(-1, TAG_SIZE)
+
+
+def oprf_entry_matrices(
+    oprf_key: bytes, raw_ids: Sequence[bytes]
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """Bucket-mode ``(otags (n, 16), record keys (n, 32))`` of many UTF-8 encoded IDs.
+
+    The setup's per-row cost: one hash-to-group and one scalar
+    multiplication (the batch calls of :mod:`atoll.crypto.group`), then two
+    keyed hashes of the OPRF value ``F = k * H2G(y)`` (:func:`oprf_entry_keys`).
+    """
+    points = hash_to_group_many(raw_ids, domain=OPRF_DOMAIN)
+    values = point_mul_many(oprf_key, points)
+    del points
+    otags = bytearray()
+    keys = bytearray()
+    for f_point in values:
+        otag, key = oprf_entry_keys(f_point)
+        otags += otag
+        keys += key
+    return (
+        np.frombuffer(bytes(otags), dtype=np.uint8).reshape(-1, TAG_SIZE),
+        np.frombuffer(bytes(keys), dtype=np.uint8).reshape(-1, 32),
+    )
+
+
+def seal_entries(
+    keys: npt.NDArray[np.uint8], records: npt.NDArray[np.uint8], *, rng: Rng | None = None
+) -> npt.NDArray[np.uint8]:
+    """Encrypt row ``i`` of ``records`` under ``keys[i]``: ``(n, 12 + record_size + 16)``.
+
+    Each entry is ``nonce || ChaCha20-Poly1305(key, record, aad)`` with a fresh
+    random nonce (all nonces drawn in one call of ``rng``).
+    """
+    count = len(records)
+    if records.ndim != 2 or keys.shape != (count, 32):
+        raise ConfigError("seal_entries needs a record matrix and one 32-byte key per record")
+    size = records.shape[1]
+    width = AEAD_OVERHEAD + size
+    nonces = _rng(rng)(12 * count) if count else b""
+    if len(nonces) != 12 * count:
+        raise ConfigError("rng returned the wrong number of bytes")
+    out = bytearray()
+    key_blob = keys.tobytes()
+    rec_blob = records.tobytes()
+    for i in range(count):
+        nonce = nonces[12 * i : 12 * i + 12]
+        out += nonce
+        out += aead_encrypt(
+            key_blob[32 * i : 32 * i + 32], nonce, rec_blob[size * i : size * (i + 1)], _ENTRY_AAD
+        )
+    return np.frombuffer(bytes(out), dtype=np.uint8).reshape(-1, width)
+
+
 def bucket_entries(
     oprf_key: bytes, ids: Sequence[str], records: Sequence[bytes], *, rng: Rng | None = None
 ) -> tuple[list[bytes], list[bytes]]:
@@ -224,19 +292,17 @@ def bucket_entries(
 
     One hash-to-group and one scalar multiplication per row (the setup
     cost reported by the benchmark); each record is encrypted under its
-    F-derived key with a fresh random nonce.
+    F-derived key with a fresh random nonce. List form of
+    :func:`oprf_entry_matrices` + :func:`seal_entries` (in-memory sources).
     """
-    points = hash_to_group_many((x.encode("utf-8") for x in ids), domain=OPRF_DOMAIN)
-    values = point_mul_many(oprf_key, points)
-    source = _rng(rng)
-    otags: list[bytes] = []
-    cts: list[bytes] = []
-    for f_point, record in zip(values, records, strict=True):
-        otag, key = oprf_entry_keys(f_point)
-        nonce = source(12)
-        otags.append(otag)
-        cts.append(nonce + aead_encrypt(key, nonce, record, _ENTRY_AAD))
-    return otags, cts
+    if len(ids) != len(records):
+        raise ConfigError("ids and records differ in length")
+    if not ids:
+        return [], []
+    otags, keys = oprf_entry_matrices(oprf_key, [x.encode("utf-8") for x in ids])
+    matrix = np.frombuffer(b"".join(records), dtype=np.uint8).reshape(len(records), -1)
+    cts = seal_entries(keys, matrix, rng=rng)
+    return [bytes(t) for t in otags], [bytes(c) for c in cts]
 
 
 def open_bucket_entry(key: bytes, ct: bytes) -> bytes:

@@ -3,14 +3,13 @@
 Why: the protocol machines (:mod:`atoll.protocols.covert`) never touch files or
 sockets. A provider needs three more things, all here:
 
-1. **An index of its label database** built once, streaming, bucket by
-   bucket (:func:`build_index`): rows are spilled into 256 partitions by the
-   first byte of their public ID tag, each partition is sorted (and, for
-   bucket mode, OPRF-encrypted: one scalar multiplication per row) as an
-   independent task on an :mod:`atoll.execution` executor, and the results
-   are concatenated into memory-mappable ``.npy`` files. Loading the index
-   (:func:`load_index`) maps them; nothing is read into memory until a
-   query touches it.
+1. **An index of its label database**, built once (:func:`build_index`, in
+   :mod:`atoll.service.covert_index`): one streaming pass over the DB, the
+   per-row work (ID tags, label records, one OPRF evaluation per row for
+   bucket mode) as maps over row chunks and tag partitions on an
+   :mod:`atoll.execution` executor, the result in memory-mappable ``.npy``
+   files. Loading the index (:func:`load_index`) maps them; nothing is read
+   into memory until a query touches it.
 2. **Provider state** (:class:`ProviderState`) in a state directory: the
    Ed25519 receipt-signing key, the RSA key pool (generated once, reused --
    docs say why that is safe), the metering ledger, async job results.
@@ -27,9 +26,7 @@ sockets. A provider needs three more things, all here:
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,45 +35,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-import pyarrow as pa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from atoll.control.metering import Ledger
-from atoll.crypto.group import scalar_random
 from atoll.crypto.rsa import RsaKeyPool
 from atoll.crypto.sign import SigningKey
-from atoll.data.io import iter_batches
 from atoll.errors import (
     AtollError,
     ConfigError,
     CryptoError,
-    DataError,
     InputError,
     ProtocolError,
     RemoteProtocolError,
-    SchemaError,
 )
-from atoll.execution import make_executor
-from atoll.ids.normalize import IdKind, InvalidReport, normalize_array
 from atoll.protocols.covert import CovertProvider, GroupRequest, Mode
-from atoll.protocols.covert_source import (
-    AEAD_OVERHEAD,
-    MAX_BUCKET_BITS,
-    MAX_ID_BYTES,
-    TAG_SIZE,
-    ArrayLabelSource,
-    BucketArrays,
-    PrefixStat,
-    RecordCodec,
-    bucket_entries,
-    id_tag,
-    prefix_of,
-    prefix_stats,
-)
 from atoll.protocols.messages import decode_frames, encode_frames
+from atoll.service.covert_index import (
+    INDEX_VERSION,
+    IndexReport,
+    LoadedIndex,
+    build_index,
+    load_index,
+)
 from atoll.service.server import TlsConfig, serve_app
 
 __all__ = [
@@ -91,327 +72,9 @@ __all__ = [
     "serve",
 ]
 
-#: Version written into the index's meta.json.
-INDEX_VERSION = 1
-_PARTITIONS = 256
 _MAX_BODY = 256 * 1024 * 1024
 _SESSION_TTL = 600.0
 _MAX_SESSIONS = 10_000
-
-
-# --- index building ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class IndexReport:
-    """What :func:`build_index` did."""
-
-    rows: int
-    invalid: InvalidReport | None
-    record_size: int
-    bucket_bits: int
-    seconds: float
-    bucket_seconds: float
-    path: Path
-
-
-def _split_labels(
-    labels: Sequence[str] | None, columns: Sequence[str], id_column: str
-) -> list[str]:
-    chosen = list(labels) if labels else [c for c in columns if c != id_column]
-    missing = [c for c in chosen if c not in columns]
-    if missing:
-        raise SchemaError(f"label column(s) {', '.join(missing)} not in the table")
-    if id_column in chosen:
-        raise ConfigError("the ID column cannot also be a label column")
-    if not chosen:
-        raise ConfigError("no label columns to serve")
-    return chosen
-
-
-def _batch_rows(
-    batch: pa.RecordBatch,
-    id_column: str,
-    labels: Sequence[str],
-    kind: IdKind | None,
-    source: str,
-    offset: int,
-) -> tuple[list[str], list[bytes], InvalidReport | None]:
-    if id_column not in batch.schema.names:
-        raise SchemaError(f"no column {id_column!r}", source=source)
-    column = batch.column(id_column)
-    report = None
-    if kind is not None:
-        result = normalize_array(column, kind, source=source, column=id_column, row_offset=offset)
-        keep = np.asarray(result.valid.to_numpy(zero_copy_only=False), dtype=bool)
-        ids = [v for v, k in zip(result.values.to_pylist(), keep, strict=True) if k]
-        report = result.report
-    else:
-        values = column.cast(pa.string()).to_pylist()
-        keep = np.array([v is not None and v.strip() != "" for v in values], dtype=bool)
-        for i, ok in enumerate(keep):
-            if not ok:
-                raise InputError("empty identifier", source=source, row=offset + i + 1,
-                                 column=id_column)  # fmt: skip
-        ids = [v.strip() for v in values]
-    cols = [batch.column(name).to_pylist() for name in labels]
-    payloads = [
-        RecordCodec.payload(row) for row, k in zip(zip(*cols, strict=True), keep, strict=True) if k
-    ]
-    for i, x in enumerate(ids):
-        if len(x.encode("utf-8")) > MAX_ID_BYTES:
-            raise InputError(f"identifier longer than {MAX_ID_BYTES} bytes", source=source,
-                             row=offset + i + 1, column=id_column)  # fmt: skip
-    return ids, payloads, report
-
-
-def _part_path(work: Path, part: int, name: str) -> Path:
-    return work / f"p{part:03d}.{name}"
-
-
-@dataclass(frozen=True)
-class _PartTask:
-    spill: str
-    record_size: int
-    id_width: int
-    bucket_bits: int
-    oprf_key: bytes
-
-
-def _process_partition(task: _PartTask) -> tuple[str, int]:
-    """Sort one partition by tag; with bucket mode, compute its OPRF entries."""
-    spill = Path(task.spill)
-    width = TAG_SIZE + task.record_size + 2 + task.id_width
-    raw = np.fromfile(spill, dtype=np.uint8) if spill.exists() else np.zeros(0, np.uint8)
-    rows = raw.reshape(-1, width)
-    tags = np.ascontiguousarray(rows[:, :TAG_SIZE]).view("S16").ravel()
-    order = np.argsort(tags, kind="stable")
-    rows = rows[order]
-    tags = tags[order]
-    if len(tags) > 1 and bool((tags[1:] == tags[:-1]).any()):
-        raise InputError("an identifier appears more than once in the database")
-    base = str(spill.with_suffix(""))
-    np.save(base + ".tags.npy", tags)
-    np.save(base + ".records.npy", rows[:, TAG_SIZE : TAG_SIZE + task.record_size])
-    if task.bucket_bits:
-        id_off = TAG_SIZE + task.record_size
-        lengths = rows[:, id_off].astype(np.int64) * 256 + rows[:, id_off + 1]
-        ids = [
-            bytes(rows[i, id_off + 2 : id_off + 2 + int(lengths[i])]).decode("utf-8")
-            for i in range(len(rows))
-        ]
-        records = [bytes(r) for r in rows[:, TAG_SIZE:id_off]]
-        otags, cts = bucket_entries(task.oprf_key, ids, records)
-        tag_list = [bytes(t) for t in rows[:, :TAG_SIZE]]
-        prefixes = [prefix_of(t, task.bucket_bits) for t in tag_list]
-        order2 = sorted(range(len(ids)), key=lambda i: (prefixes[i], otags[i]))
-        ot = np.frombuffer(b"".join(otags[i] for i in order2), dtype=np.uint8)
-        ct = np.frombuffer(b"".join(cts[i] for i in order2), dtype=np.uint8)
-        np.save(base + ".otags.npy", ot.reshape(-1, TAG_SIZE))
-        np.save(base + ".cts.npy", ct.reshape(-1, AEAD_OVERHEAD + task.record_size))
-        np.save(base + ".prefixes.npy", np.array(prefixes, dtype=np.int64))
-    spill.unlink(missing_ok=True)
-    return base, len(rows)
-
-
-def build_index(
-    db: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    *,
-    id_column: str,
-    labels: Sequence[str] | None = None,
-    id_type: str | None = None,
-    bucket_bits: int | None = None,
-    bucket_target: int = 1000,
-    with_bucket: bool = True,
-    executor: str = "inline",
-    progress: Callable[[str, int, int], None] | None = None,
-) -> IndexReport:
-    """Build the provider's covert-query index from a CSV/Parquet label table.
-
-    ``labels`` defaults to every column but the ID. With ``id_type`` the IDs
-    are normalized first and invalid rows are left out *and counted* in the
-    report. ``bucket_bits`` (default: about ``bucket_target`` IDs per bucket)
-    fixes the bucket-mode granularity; ``with_bucket=False`` skips the OPRF
-    setup (rsa/ec only). Two streaming passes over ``db``; memory holds one
-    partition at a time.
-    """
-    started = time.perf_counter()
-    src = str(db)
-    kind = IdKind.parse(id_type) if id_type else None
-    out_dir = Path(out)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    work = out_dir / "work"
-    work.mkdir(parents=True)
-    report: InvalidReport | None = None
-
-    def tick(step: str, done: int, total: int) -> None:
-        if progress is not None:
-            progress(step, done, total)
-
-    # pass 1: sizes
-    max_payload, max_id, rows, chosen = 0, 1, 0, list(labels or [])
-    offset = 0
-    for batch in iter_batches(db):
-        if offset == 0:
-            chosen = _split_labels(labels, batch.schema.names, id_column)
-        ids, payloads, rep = _batch_rows(batch, id_column, chosen, kind, src, offset)
-        if rep is not None:
-            report = rep if report is None else report.merge(rep)
-        max_payload = max([max_payload, *map(len, payloads)])
-        max_id = max([max_id, *(len(x.encode("utf-8")) for x in ids)])
-        rows += len(ids)
-        offset += batch.num_rows
-        tick("index: scanning", offset, 0)
-    if not chosen:
-        raise InputError("the database has no rows", source=src)
-    codec = RecordCodec(tuple(chosen), RecordCodec.size_for(max_payload))
-    if bucket_bits is None:
-        bucket_bits = max(1, round(math.log2(max(rows, 2) / max(bucket_target, 1))))
-    bucket_bits = min(max(bucket_bits, 1), MAX_BUCKET_BITS) if with_bucket else 0
-    # pass 2: encode and spill by the first tag byte
-    width = TAG_SIZE + codec.record_size + 2 + max_id
-    handles: dict[int, Any] = {}
-    offset = done = 0
-    try:
-        for batch in iter_batches(db):
-            ids, payloads, _ = _batch_rows(batch, id_column, chosen, kind, src, offset)
-            offset += batch.num_rows
-            if not ids:
-                continue
-            matrix = np.zeros((len(ids), width), dtype=np.uint8)
-            for i, (x, body) in enumerate(zip(ids, payloads, strict=True)):
-                raw_id = x.encode("utf-8")
-                line = id_tag(x) + codec.encode_payload(body) + len(raw_id).to_bytes(2, "big")
-                matrix[i, : len(line)] = np.frombuffer(line, dtype=np.uint8)
-                matrix[i, len(line) : len(line) + len(raw_id)] = np.frombuffer(raw_id, np.uint8)
-            parts = matrix[:, 0]
-            for part in np.unique(parts).tolist():
-                if part not in handles:
-                    handles[part] = open(_part_path(work, part, "spill"), "ab")  # noqa: SIM115
-                matrix[parts == part].tofile(handles[part])
-            done += len(ids)
-            tick("index: partitioning", done, rows)
-    finally:
-        for handle in handles.values():
-            handle.close()
-    # per-partition sort (+ OPRF), as executor tasks
-    bucket_started = time.perf_counter()
-    oprf_key = scalar_random() if bucket_bits else b""
-    tasks = [
-        _PartTask(
-            str(_part_path(work, p, "spill")), codec.record_size, max_id, bucket_bits, oprf_key
-        )
-        for p in range(_PARTITIONS)
-    ]
-    results: list[tuple[str, int]] = []
-    with make_executor(executor) as ex:
-        for finished, result in enumerate(ex.imap(_process_partition, tasks), start=1):
-            results.append(result)
-            tick("index: sorting" + (" + OPRF" if bucket_bits else ""), finished, _PARTITIONS)
-    bucket_seconds = time.perf_counter() - bucket_started
-    _concatenate(out_dir, results, rows, codec, bucket_bits)
-    stats = prefix_stats(
-        np.load(out_dir / "tags.npy", mmap_mode="r"), max_bits=min(24, rows.bit_length() + 2)
-    )
-    meta = {
-        "v": INDEX_VERSION,
-        "labels": list(codec.labels),
-        "record_size": codec.record_size,
-        "rows": rows,
-        "id_column": id_column,
-        "id_type": kind.label if kind else None,
-        "bucket_bits": bucket_bits,
-        "prefix_stats": [s.to_dict() for s in stats],
-    }
-    if bucket_bits:
-        key_path = out_dir / "oprf.key"
-        key_path.write_bytes(bytes([INDEX_VERSION]) + oprf_key)
-        key_path.chmod(0o600)
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    shutil.rmtree(work)
-    return IndexReport(
-        rows, report, codec.record_size, bucket_bits, time.perf_counter() - started,
-        bucket_seconds, out_dir,
-    )  # fmt: skip
-
-
-def _concatenate(
-    out_dir: Path, results: list[tuple[str, int]], rows: int, codec: RecordCodec, bits: int
-) -> None:
-    size = codec.record_size
-    tags = np.lib.format.open_memmap(out_dir / "tags.npy", mode="w+", dtype="S16", shape=(rows,))
-    recs = np.lib.format.open_memmap(
-        out_dir / "records.npy", mode="w+", dtype=np.uint8, shape=(rows, size)
-    )
-    if bits:
-        otags = np.lib.format.open_memmap(
-            out_dir / "bucket_otags.npy", mode="w+", dtype=np.uint8, shape=(rows, TAG_SIZE)
-        )
-        cts = np.lib.format.open_memmap(
-            out_dir / "bucket_cts.npy", mode="w+", dtype=np.uint8,
-            shape=(rows, AEAD_OVERHEAD + size),
-        )  # fmt: skip
-        counts = np.zeros(1 << bits, dtype=np.int64)
-    pos = 0
-    for base, count in results:
-        if count:
-            tags[pos : pos + count] = np.load(base + ".tags.npy")
-            recs[pos : pos + count] = np.load(base + ".records.npy")
-            if bits:
-                otags[pos : pos + count] = np.load(base + ".otags.npy")
-                cts[pos : pos + count] = np.load(base + ".cts.npy")
-                counts += np.bincount(np.load(base + ".prefixes.npy"), minlength=1 << bits)
-        pos += count
-    if pos != rows:
-        raise DataError(f"index build lost rows: {pos} written of {rows}")
-    for arr in (tags, recs):
-        arr.flush()
-    if bits:
-        otags.flush()
-        cts.flush()
-        offsets = np.zeros((1 << bits) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        np.save(out_dir / "bucket_offsets.npy", offsets)
-
-
-@dataclass(frozen=True)
-class LoadedIndex:
-    """An index opened by :func:`load_index`: the label source plus its metadata."""
-
-    source: ArrayLabelSource
-    stats: list[PrefixStat]
-    meta: dict[str, Any]
-
-
-def load_index(path: str | os.PathLike[str]) -> LoadedIndex:
-    """Memory-map an index made by :func:`build_index`."""
-    p = Path(path)
-    try:
-        meta = json.loads((p / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{p}: not a covert-query index ({exc})") from exc
-    if meta.get("v") != INDEX_VERSION:
-        raise DataError(f"{p}: unsupported covert index version {meta.get('v')}")
-    codec = RecordCodec(tuple(meta["labels"]), int(meta["record_size"]))
-    tags = np.load(p / "tags.npy", mmap_mode="r")
-    records: npt.NDArray[np.uint8] = np.load(p / "records.npy", mmap_mode="r")
-    bucket = None
-    bits = int(meta.get("bucket_bits") or 0)
-    if bits:
-        raw_key = (p / "oprf.key").read_bytes()
-        if len(raw_key) != 33 or raw_key[0] != INDEX_VERSION:
-            raise DataError(f"{p}/oprf.key: malformed")
-        bucket = BucketArrays(
-            bits,
-            raw_key[1:],
-            np.load(p / "bucket_otags.npy", mmap_mode="r"),
-            np.load(p / "bucket_cts.npy", mmap_mode="r"),
-            np.load(p / "bucket_offsets.npy"),
-        )
-    stats = [PrefixStat(**s) for s in meta["prefix_stats"]]
-    return LoadedIndex(ArrayLabelSource(codec, tags, records, bucket), stats, meta)
 
 
 # --- provider state --------------------------------------------------------------------
