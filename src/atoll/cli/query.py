@@ -271,7 +271,9 @@ def serve(
     id_type: TypeOpt = None,
     rsa_bits: Annotated[int, typer.Option(help="RSA modulus size.")] = 2048,
     name: Annotated[str, typer.Option(help="Provider name on receipts.")] = "provider",
-    executor: Annotated[str, typer.Option(help="Executor for the index build (inline, local, ray).")] = "local",
+    executor: Annotated[
+        str, typer.Option(help="Executor for the index build (inline, local, ray).")
+    ] = "local",
     certs: CertsOpt = None,
     party: PartyOpt = "provider",
 ) -> None:
