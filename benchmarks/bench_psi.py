@@ -11,7 +11,16 @@ Paillier (``phe``) versus exponential ElGamal per encryption; and the
 ristretto255 versus X25519 micro-measure behind the group choice.
 
     .venv/bin/python benchmarks/bench_psi.py --size 20000
+    .venv/bin/python benchmarks/bench_psi.py --size 200000 --repeat 2 --no-labeled --no-sum
     .venv/bin/python benchmarks/bench_psi.py --size 1000000        # the issue's scale
+
+The bound is the raw cost of the group operations on this machine: SHA-512 +
+libsodium ``from_hash`` + two ``crypto_scalarmult_ristretto255`` per item, in
+the tightest loop Atoll has (joined buffers, direct calls); each
+multiplication decodes -- and so validates -- its input point, which any
+correct implementation must do for the peer's points. ``--repeat N`` runs
+the 1-core Atoll and OpenMined rows N times, interleaved, and keeps each
+one's fastest run, so that a noisy (shared) machine biases neither side.
     ATOLL_SPU_PYTHON=/opt/spu-venv/bin/python \
         .venv/bin/python benchmarks/bench_psi.py --size 1000000
 """
@@ -21,17 +30,26 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import psutil
 import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
 from atoll.crypto.elgamal import encrypt_rows, keygen
-from atoll.crypto.group import hash_to_group_many, point_mul_many, scalar_random
+from atoll.crypto.group import (
+    hash_to_group_many,
+    hash_to_group_packed,
+    point_mul_many,
+    point_mul_packed,
+    scalar_random,
+)
 from atoll.execution import make_executor
 from atoll.matching import PsiOptions, get_engine, psi_party, run_local
 from atoll.matching.spu import spu_unavailable_reason
@@ -61,25 +79,61 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return out, time.perf_counter() - w0, time.process_time() - c0
 
 
+@contextmanager
+def worker_cpu() -> Iterator[dict[int, float]]:
+    """Sample the CPU seconds of this process's children (the pool's workers) while inside.
+
+    On a machine shared with other jobs, the wall time of a 2-process run
+    says little (the workers get whatever share the scheduler gives them);
+    the busiest worker's CPU time plus the parent's is the run's critical
+    path, i.e. its wall time on two free cores.
+    """
+    seen: dict[int, float] = {}
+    stop = threading.Event()
+    me = psutil.Process()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for child in me.children(recursive=True):
+                try:
+                    t = child.cpu_times()
+                except psutil.Error:
+                    continue
+                seen[child.pid] = t.user + t.system
+            stop.wait(0.25)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+
+
 def bound_per_item(n: int) -> float:
-    """Measured µs per item of hash_to_group + 2 scalar multiplications."""
+    """Measured CPU µs per item of hash_to_group + 2 scalar multiplications."""
     items = [p.encode() for p in phones(n, 0)]
     a, b = scalar_random(), scalar_random()
 
     def work() -> None:
-        pts = hash_to_group_many(items, domain=b"bench")
-        pts = point_mul_many(a, pts)
-        point_mul_many(b, pts)
+        pts = hash_to_group_packed(items, domain=b"bench")
+        pts = point_mul_packed(a, pts)
+        point_mul_packed(b, pts)
 
     _, _wall, cpu = timed(work)
     return cpu / n * 1e6
 
 
-def psi_run(left: pa.Table, right: pa.Table, buckets: int, executor: str, engine: str) -> Any:
+def psi_run(
+    left: pa.Table, right: pa.Table, buckets: int, executor: str, engine: str, workers: int = 2
+) -> Any:
     opts = PsiOptions(buckets=buckets, engine=engine)
     a = psi_party(left, "phone", role="receiver", options=opts)
     b = psi_party(right, "phone", role="sender", options=opts)
-    ex = make_executor(executor, workers=2) if executor == "local" else make_executor(executor)
+    ex = (
+        make_executor(executor, workers=workers) if executor == "local" else make_executor(executor)
+    )
     return run_local(a, b, engine=get_engine(engine), executor=ex)
 
 
@@ -100,6 +154,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=20_000, help="items per side")
     parser.add_argument("--buckets", type=int, default=16)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of the 1-core rows (fastest kept)"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="processes for the 2-core row")
     parser.add_argument("--no-openmined", action="store_true")
     parser.add_argument("--no-labeled", action="store_true")
     parser.add_argument("--no-sum", action="store_true")
@@ -123,12 +181,17 @@ def main() -> None:
     ):
         table.add_column(col)
 
+    workers = args.workers
     if args.two_core_only:
-        (res, _), wall2, _ = timed(lambda: psi_run(left, right, args.buckets, "local", "builtin"))
+        with worker_cpu() as kids:
+            (res, _), wall2, parent_cpu = timed(
+                lambda: psi_run(left, right, args.buckets, "local", "builtin", workers)
+            )
         assert res.cardinality == n - n // 2
         table.add_row(
-            "Atoll ECDH PSI, 2 processes", f"{wall2:.2f}", "", "",
-            f"{res.bytes_sent / n:.1f}", f"{res.bytes_received / n:.1f}", "only row asked for",
+            f"Atoll ECDH PSI, {workers} processes", f"{wall2:.2f}", "", "",
+            f"{res.bytes_sent / n:.1f}", f"{res.bytes_received / n:.1f}",
+            f"critical path {parent_cpu + max(kids.values(), default=0.0):.1f} CPU-s",
         )  # fmt: skip
         report(table)
         return
@@ -144,31 +207,53 @@ def main() -> None:
         "measured now",
     )
 
-    (mine, _), wall, cpu = timed(lambda: psi_run(left, right, args.buckets, "inline", "builtin"))
+    # The 1-core rows, interleaved; each keeps its fastest run (wall, CPU).
+    best: dict[str, tuple[float, float]] = {}
+    mine: Any = None
+    for _ in range(max(1, args.repeat)):
+        (mine, _), wall, cpu = timed(
+            lambda: psi_run(left, right, args.buckets, "inline", "builtin")
+        )
+        assert mine.cardinality == n - n // 2
+        best["atoll"] = min(best.get("atoll", (wall, cpu)), (wall, cpu))
+        if not args.no_openmined:
+            count, wall_om, cpu_om = timed(lambda: openmined(left, right))
+            assert count == n - n // 2
+            best["om"] = min(best.get("om", (wall_om, cpu_om)), (wall_om, cpu_om))
+    wall, cpu = best["atoll"]
     per = cpu / (2 * n) * 1e6
-    assert mine.cardinality == n - n // 2
     table.add_row(
         "Atoll ECDH PSI, 1 core", f"{wall:.2f}", f"{per:.1f}", f"{per / bound:.2f}",
         f"{mine.bytes_sent / n:.1f}", f"{mine.bytes_received / n:.1f}", "incl. normalize+bucket",
     )  # fmt: skip
-    (_mine2, _), wall2, _ = timed(lambda: psi_run(left, right, args.buckets, "local", "builtin"))
+    with worker_cpu() as kids:
+        (mine2, _), wall2, parent_cpu = timed(
+            lambda: psi_run(left, right, args.buckets, "local", "builtin", workers)
+        )
+    assert mine2.cardinality == n - n // 2
     table.add_row(
-        "Atoll ECDH PSI, 2 processes",
-        f"{wall2:.2f}",
-        "",
-        "",
-        "",
-        "",
-        f"x{wall / wall2:.2f} vs 1 core",
-    )
+        f"Atoll ECDH PSI, {workers} processes", f"{wall2:.2f}", "", "", "", "",
+        f"x{wall / wall2:.2f} vs 1 core (incl. worker start-up)",
+    )  # fmt: skip
+    busiest = max(kids.values(), default=0.0)
+    path = parent_cpu + busiest
+    table.add_row(
+        f"  critical path on {workers} free cores", f"{path:.2f}", "", "", "", "",
+        f"parent {parent_cpu:.1f} + busiest worker {busiest:.1f} CPU-s; "
+        f"x{cpu / path:.2f} vs 1-core CPU",
+    )  # fmt: skip
 
-    if not args.no_openmined:
-        count, wall_om, cpu_om = timed(lambda: openmined(left, right))
-        assert count == n - n // 2
+    if "om" in best:
+        wall_om, cpu_om = best["om"]
         table.add_row(
             "OpenMined PSI (its ECDH PSI), 1 core", f"{wall_om:.2f}",
-            f"{cpu_om / (2 * n) * 1e6:.1f}", "", "", "",
-            f"Atoll 1 core x{wall_om / wall:.2f}, 2 cores x{wall_om / wall2:.2f} faster",
+            f"{cpu_om / (2 * n) * 1e6:.1f}", f"{cpu_om / (2 * n) * 1e6 / bound:.2f}", "", "",
+            f"Atoll faster: 1 core x{wall_om / wall:.2f}, {workers} procs x{wall_om / wall2:.2f}",
+        )  # fmt: skip
+        table.add_row(
+            "  same, in CPU time", "", "", "", "", "",
+            f"Atoll faster: 1 core x{cpu_om / cpu:.2f}, "
+            f"{workers} procs (critical path) x{cpu_om / path:.2f}",
         )  # fmt: skip
 
     reason = spu_unavailable_reason()

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from atoll.cli._common import console, fail, out_console, print_kv
 from atoll.errors import AtollError, ConfigError
+from atoll.protocols.psi import DEFAULT_TRUNCATE
 
 __all__ = ["app", "local", "psi_sum"]
 
@@ -115,8 +116,11 @@ def local(
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes.")] = None,
     engine: Annotated[str, typer.Option("--engine", help="builtin or spu.")] = "builtin",
     truncate: Annotated[
-        int, typer.Option("--truncate", min=8, max=32, help="Compared bytes per value.")
-    ] = 32,
+        int,
+        typer.Option(
+            "--truncate", min=8, max=32, help="Compared bytes per value (see docs/protocols)."
+        ),
+    ] = DEFAULT_TRUNCATE,
     min_cardinality: Annotated[
         int, typer.Option("--min-cardinality", min=0, help="Withhold output below this size.")
     ] = 0,

@@ -8,12 +8,28 @@ bindings). Points and scalars are opaque 32-byte strings; scalars are
 canonical (reduced mod the group order L). Every function that takes a point
 from a peer validates it (canonical encoding, not the identity) and raises
 :class:`~atoll.errors.CryptoError` otherwise -- never an error from the binding.
+
+Batch form (the PSI hot path): :func:`hash_to_group_packed` and
+:func:`point_mul_packed` work on *joined* buffers (``n * 32`` bytes) and call
+libsodium's C functions directly through ``ctypes`` on pointers into those
+buffers -- no Python object, wrapper check or copy per point. Validation is
+not skipped: ``crypto_scalarmult_ristretto255`` decodes its input point with
+the RFC 9496 decoder (refusing non-canonical and invalid encodings) and
+refuses an identity result, which for a non-zero scalar in a prime-order
+group happens exactly when the input is the identity. That is the same check
+:func:`is_valid_point` makes, so a separate validation pass (a second decode,
+~10% of a multiplication) would only repeat it; every point -- our own or a
+peer's -- goes through that decoder once. If the binding's raw library handle
+is unavailable, the same functions fall back to ``rbcl``'s per-item wrappers.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import rbcl
 
@@ -27,6 +43,55 @@ SCALAR_SIZE = 32
 GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493
 #: The encoding of the identity element (all zero bytes).
 IDENTITY = bytes(POINT_SIZE)
+
+
+@dataclass(frozen=True)
+class _Direct:
+    """libsodium's raw entry points (pointer arguments, ``int`` status)."""
+
+    scalarmult: Callable[[int, int, int], int]
+    from_hash: Callable[[int, int], int]
+
+
+def _bind_direct() -> _Direct | None:
+    """Typed ``ctypes`` prototypes over the functions inside rbcl's libsodium.
+
+    rbcl loads libsodium with ``ctypes`` and calls it with default argument
+    conversion; re-declaring the two hot functions with pointer-sized
+    arguments lets us pass addresses into joined buffers. ``None`` if the
+    binding does not expose its library handle (then the wrappers are used).
+    """
+    lib: Any = getattr(rbcl, "_sodium", None)
+    try:
+        mul_addr = ctypes.cast(lib.crypto_scalarmult_ristretto255, ctypes.c_void_p).value
+        hash_addr = ctypes.cast(lib.crypto_core_ristretto255_from_hash, ctypes.c_void_p).value
+    except (AttributeError, TypeError, ctypes.ArgumentError):
+        return None
+    if not mul_addr or not hash_addr:
+        return None
+    vp = ctypes.c_void_p
+    mul = ctypes.CFUNCTYPE(ctypes.c_int, vp, vp, vp)(mul_addr)
+    from_hash = ctypes.CFUNCTYPE(ctypes.c_int, vp, vp)(hash_addr)
+    return _Direct(scalarmult=mul, from_hash=from_hash)
+
+
+#: The direct libsodium calls, or None to use rbcl's wrappers (tests may set None).
+_DIRECT: _Direct | None = _bind_direct()
+
+
+def _address(data: bytes) -> tuple[object, int]:
+    """``(keep-alive handle, address)`` of an immutable bytes object's buffer (no copy)."""
+    ref = ctypes.c_char_p(data)
+    addr = ctypes.cast(ref, ctypes.c_void_p).value
+    assert addr is not None
+    return ref, addr
+
+
+def _out_buffer(size: int) -> tuple[bytearray, object, int]:
+    """A zeroed writable buffer of ``size`` bytes, its ctypes view and address."""
+    out = bytearray(size)
+    view = (ctypes.c_char * size).from_buffer(out)
+    return out, view, ctypes.addressof(view)
 
 
 def scalar_random(*, rng: Rng | None = None) -> bytes:
@@ -100,10 +165,32 @@ def hash_to_group(data: bytes, *, domain: bytes) -> bytes:
 
 def hash_to_group_many(values: Iterable[bytes], *, domain: bytes) -> list[bytes]:
     """:func:`hash_to_group` over many values (one tight loop)."""
+    return _split(hash_to_group_packed(values, domain=domain))
+
+
+def hash_to_group_packed(values: Iterable[bytes], *, domain: bytes) -> bytes:
+    """:func:`hash_to_group` of every value, joined: ``32 * n`` bytes.
+
+    One SHA-512 per value (``hashlib``), then libsodium's ``from_hash``
+    writing straight into the output buffer.
+    """
     prefix = _domain_prefix(domain)
-    from_hash = rbcl.crypto_core_ristretto255_from_hash
     sha512 = hashlib.sha512
-    return [bytes(from_hash(sha512(prefix + v).digest())) for v in values]
+    digests = b"".join([sha512(prefix + v).digest() for v in values])
+    n = len(digests) // 64
+    if n == 0:
+        return b""
+    direct = _DIRECT
+    if direct is None:
+        from_hash = rbcl.crypto_core_ristretto255_from_hash
+        return b"".join([bytes(from_hash(digests[i : i + 64])) for i in range(0, len(digests), 64)])
+    out, view, dst = _out_buffer(n * POINT_SIZE)
+    keep, src = _address(digests)
+    call = direct.from_hash
+    for i in range(n):
+        call(dst + (i << 5), src + (i << 6))
+    del view, keep
+    return bytes(out)
 
 
 def is_valid_point(point: bytes) -> bool:
@@ -132,15 +219,61 @@ def point_mul_many(scalar: bytes, points: Iterable[bytes]) -> list[bytes]:
     Raises CryptoError naming the index of the first invalid point.
     """
     _check_scalar(scalar)
-    valid = rbcl.crypto_core_ristretto255_is_valid_point
+    pts = list(points)
+    for i, p in enumerate(pts):
+        if len(p) != POINT_SIZE:
+            raise CryptoError(f"peer sent an invalid ristretto255 point at index {i}")
+    return _split(point_mul_packed(scalar, b"".join(pts)))
+
+
+def point_mul_packed(scalar: bytes, points: bytes) -> bytes:
+    """``scalar * p`` for every 32-byte point of the joined ``points``, joined.
+
+    Every point is validated by libsodium's decoder inside the multiplication
+    (canonical RFC 9496 encoding, not the identity -- see the module
+    docstring); CryptoError names the index of the first invalid one.
+    """
+    _check_scalar(scalar)
+    scalar = bytes(scalar)
+    if not isinstance(points, bytes):
+        points = bytes(points)
+    if len(points) % POINT_SIZE:
+        raise CryptoError(f"packed points are not a whole number of {POINT_SIZE}-byte points")
+    n = len(points) // POINT_SIZE
+    if n == 0:
+        return b""
+    direct = _DIRECT
+    if direct is None:
+        return b"".join(_mul_each(scalar, points))
+    out, view, dst = _out_buffer(len(points))
+    keep_s, k = _address(scalar)
+    keep_p, src = _address(points)
+    call = direct.scalarmult
+    for off in range(0, len(points), POINT_SIZE):
+        if call(dst + off, k, src + off):
+            raise CryptoError(
+                f"peer sent an invalid ristretto255 point at index {off // POINT_SIZE}"
+            )
+    del view, keep_s, keep_p
+    return bytes(out)
+
+
+def _mul_each(scalar: bytes, points: bytes) -> list[bytes]:
+    """The wrapper fallback of :func:`point_mul_packed`."""
     mul = rbcl.crypto_scalarmult_ristretto255
     out: list[bytes] = []
-    append = out.append
-    for i, p in enumerate(points):
-        if len(p) != POINT_SIZE or p == IDENTITY or not valid(p):
-            raise CryptoError(f"peer sent an invalid ristretto255 point at index {i}")
-        append(bytes(mul(scalar, p)))
+    for off in range(0, len(points), POINT_SIZE):
+        try:
+            out.append(bytes(mul(scalar, points[off : off + POINT_SIZE])))
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise CryptoError(
+                f"peer sent an invalid ristretto255 point at index {off // POINT_SIZE}"
+            ) from exc
     return out
+
+
+def _split(data: bytes) -> list[bytes]:
+    return [data[i : i + POINT_SIZE] for i in range(0, len(data), POINT_SIZE)]
 
 
 def base_mul(scalar: bytes) -> bytes:

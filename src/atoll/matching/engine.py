@@ -8,7 +8,12 @@ party's result in the protocol's own result types, so that
 
 * :class:`BuiltinEngine` runs the sans-IO machines of :mod:`atoll.protocols`
   pairwise in memory (through the real codec), buckets in parallel on the
-  :class:`~atoll.execution.Executor`;
+  :class:`~atoll.execution.Executor`. The worker task is
+  :func:`atoll.protocols.pair.run_machine_pair`, which lives in the protocol
+  layer so that a spawned worker imports only the protocols, not this
+  package's data-plane dependencies; the machines carry their inputs as
+  compact :class:`~atoll.protocols.psi.PackedItems` where the session
+  provides them, and results come back as completed (no per-window order);
 * :class:`atoll.matching.spu.SpuEngine` runs SecretFlow's PSI (ECDH, KKRT,
   RR22) in a separate interpreter;
 * the secure island's hash join plugs in later through the same interface.
@@ -17,16 +22,15 @@ party's result in the protocol's own result types, so that
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from atoll.errors import ConfigError, LocalProtocolError
+from atoll.errors import ConfigError
 from atoll.execution import Executor
 from atoll.matching.session import PartySession, Traffic
 from atoll.protocols._machine import Machine
-from atoll.protocols.messages import Message, decode, encode
+from atoll.protocols.pair import PairCounts, run_machine_pair, run_machines
 
 __all__ = [
     "BucketOutcome",
@@ -80,44 +84,32 @@ class PsiEngine(ABC):
 PairTask = tuple[int, Machine[Any], Machine[Any]]
 
 
-def run_bucket_pair(task: PairTask) -> BucketOutcome:
-    """Run one bucket's two machines in memory (a module-level task for executors).
-
-    Every message goes through the real codec (encoded, counted, decoded), as
-    in :func:`atoll.transport.memory.run_pair`, which this layer may not import.
-    """
-    bucket, a, b = task
-    machines = {"a": a, "b": b}
-    sent = {"a": 0, "b": 0}
-    count = {"a": 0, "b": 0}
-    queue: deque[tuple[str, Message]] = deque()
-    queue.extend(("a", m) for m in a.start())
-    queue.extend(("b", m) for m in b.start())
-    while queue:
-        who, msg = queue.popleft()
-        data = encode(msg)
-        sent[who] += len(data)
-        count[who] += 1
-        other = "b" if who == "a" else "a"
-        queue.extend((other, m) for m in machines[other].receive(decode(data)))
-    if not (a.done and b.done):
-        raise LocalProtocolError(
-            f"bucket {bucket}: stalled with done={a.done}/{b.done} and nothing to send"
-        )
+def _outcome(bucket: int, run: PairCounts) -> BucketOutcome:
     return BucketOutcome(
         bucket,
-        a.result(),
-        b.result(),
-        Traffic(sent["a"], sent["b"], count["a"], count["b"]),
-        Traffic(sent["b"], sent["a"], count["b"], count["a"]),
+        run.a_result,
+        run.b_result,
+        Traffic(run.a_bytes, run.b_bytes, run.a_messages, run.b_messages),
+        Traffic(run.b_bytes, run.a_bytes, run.b_messages, run.a_messages),
     )
+
+
+def run_bucket_pair(task: PairTask) -> BucketOutcome:
+    """Run one bucket's two machines in memory through the real codec, in this process.
+
+    (Executors run :func:`atoll.protocols.pair.run_machine_pair` instead, whose
+    module is cheap for a worker to import; this wraps the same loop.)
+    """
+    bucket, a, b = task
+    return _outcome(bucket, run_machines(a, b))
 
 
 class BuiltinEngine(PsiEngine):
     """Atoll's own protocols, each bucket's pair run in memory on the executor.
 
     Buckets go to the executor in windows of ``window`` pairs so that only a
-    few buckets' machines (and their inputs) exist at a time.
+    few buckets' machines (and their inputs) exist at a time; within a
+    window, outcomes are yielded as buckets complete.
     """
 
     name = "builtin"
@@ -141,13 +133,13 @@ class BuiltinEngine(PsiEngine):
         for start in range(0, len(buckets), self.window):
             group = buckets[start : start + self.window]
             tasks: list[PairTask] = [(k, a.machine(k), b.machine(k)) for k in group]
-            for outcome in executor.map(
-                run_bucket_pair, tasks, describe=lambda t: f"bucket {t[0]}"
+            for _, (bucket, run) in executor.map_unordered(
+                run_machine_pair, tasks, describe=lambda t: f"bucket {t[0]}"
             ):
                 done += 1
                 if progress is not None:
                     progress(done)
-                yield outcome
+                yield _outcome(bucket, run)
 
 
 def get_engine(name: str) -> PsiEngine:

@@ -7,7 +7,9 @@ row is counted), assign buckets with the agreed
 :class:`~atoll.ids.buckets.BucketFunction`, and remember which rows carry
 which unique ID so that per-bucket results map back to rows. Unique IDs are
 kept in one Arrow array sorted by bucket (no Python object per ID until a
-bucket is actually run).
+bucket is actually run); :meth:`PreparedIds.bucket_packed` hands a bucket to
+a protocol machine as one buffer plus offsets cut straight from the Arrow
+buffers, which is also what travels to a worker process.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pyarrow.compute as pc
 from atoll.errors import ConfigError
 from atoll.ids.buckets import BucketFunction
 from atoll.ids.normalize import IdKind, InvalidReport, normalize_table_column
+from atoll.protocols.psi import PackedItems
 
 __all__ = ["PreparedIds", "prepare_ids"]
 
@@ -68,6 +71,24 @@ class PreparedIds:
         """Bucket ``bucket``'s unique IDs as UTF-8 bytes (protocol input)."""
         start, end = self.bucket_range(bucket)
         return [s.encode("utf-8") for s in self.values.slice(start, end - start).to_pylist()]
+
+    def bucket_packed(self, bucket: int) -> PackedItems:
+        """Bucket ``bucket``'s unique IDs as UTF-8 :class:`PackedItems` (no per-ID objects)."""
+        start, end = self.bucket_range(bucket)
+        arr = self.values.slice(start, end - start)
+        if len(arr) == 0:
+            return PackedItems(b"", np.zeros(0, dtype=np.int64))
+        if arr.null_count or not (
+            pa.types.is_large_string(arr.type) or pa.types.is_string(arr.type)
+        ):
+            return PackedItems.from_items(self.bucket_items(bucket))
+        _, offsets_buf, data_buf = arr.buffers()
+        width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+        offsets = np.frombuffer(offsets_buf, dtype=width)[arr.offset : arr.offset + len(arr) + 1]
+        ends: IntArray = offsets.astype(np.int64)
+        lo, hi = int(ends[0]), int(ends[-1])
+        data = bytes(memoryview(data_buf)[lo:hi]) if data_buf is not None else b""
+        return PackedItems(data, ends[1:] - lo)
 
     def rows_of(self, unique_ids: IntArray) -> IntArray:
         """All table rows whose unique-ID index is in ``unique_ids`` (ascending)."""

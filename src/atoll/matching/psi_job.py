@@ -45,7 +45,14 @@ from atoll.protocols.labeled_psi import (
     encode_labels,
     label_record_size,
 )
-from atoll.protocols.psi import PSI_VERSION, PsiParams, PsiReceiver, PsiResult, PsiSender
+from atoll.protocols.psi import (
+    DEFAULT_TRUNCATE,
+    PSI_VERSION,
+    PsiParams,
+    PsiReceiver,
+    PsiResult,
+    PsiSender,
+)
 
 __all__ = ["PsiOptions", "PsiPartyJob", "PsiStageSession", "parse_id_columns", "psi_party"]
 
@@ -66,7 +73,7 @@ class PsiOptions:
 
     reveal: str = "receiver"
     cardinality_only: bool = False
-    truncate: int = 32
+    truncate: int = DEFAULT_TRUNCATE
     tag_size: int = 16
     buckets: int = 16
     bucket_salt: bytes = b"atoll-psi-bucket-salt-v1"
@@ -168,7 +175,8 @@ class PsiStageSession(PartySession):
     def machine(self, bucket: int) -> Machine[Any]:
         """A fresh machine for ``bucket`` (receiver or sender; ECDH or labeled)."""
         job = self._job
-        items = self.bucket_items(bucket)
+        self._check_bucket(bucket)
+        items = self.prepared.bucket_packed(bucket)
         ctx = self.context(bucket)
         kind = self.prepared.kind.label
         o = job.options
