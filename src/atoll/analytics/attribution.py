@@ -17,9 +17,15 @@ bucket (a :class:`BucketTask` of arrays, runnable on any
 results — order-status counts, per-channel credit sums per rule model,
 Markov transition counts, Shapley coalition counts, delivery counts — which
 :func:`merge_partials` adds up. Only the small merged state is solved (the
-Markov chain, the Shapley game). Inside a bucket everything is vectorised
-NumPy: touches are sorted by ``(person, time)`` once, each order finds its
-touches with two binary searches, and the models are segment reductions.
+Markov chain, the Shapley game). The buckets stream: the touch chunks of
+:class:`~atoll.analytics.paths.Prepared` are grouped by bucket in place (a
+radix argsort per chunk), and a bucket's touches are gathered only when its
+task is due — one bucket at a time inline, a wave of buckets of bounded size
+on an executor — so memory holds the touches once plus one bucket's work.
+Inside a bucket everything is vectorised NumPy: touches are sorted by
+``(person, time)`` once (one in-place sort of packed int64 keys), each order
+finds its touches with two binary searches, and the models are segment
+reductions.
 
 Path of an order: the same person's touches (impressions and clicks, any
 channel) with ``touch_time <= order_time``; with a click lookback, clicks
@@ -31,7 +37,7 @@ in every rule model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -303,11 +309,12 @@ class BucketTask:
 
     Persons of bucket ``bucket`` (of ``n_buckets``) are those with
     ``person % n_buckets == bucket``; ``person // n_buckets`` is their local
-    number. Touches: ``t_person`` (global codes), ``t_ms``, ``t_channel``,
-    ``t_click``; ``ta_local[local person]`` marks the target audience.
-    Orders: ``o_index`` (row in the order table), ``o_person``, ``o_ms``,
-    ``o_amount`` — only orders inside the window with a resolved person.
-    ``base_ms``/``time_bits`` place touch times in the packed sort key.
+    number. Touches: ``t_person`` (global codes) and ``t_key`` (the packed
+    ``time | channel | click`` touch key of :class:`~atoll.analytics.paths.Prepared`,
+    laid out by ``base_ms``, ``time_bits`` and ``channel_bits``);
+    ``ta_local[local person]`` marks the target audience. Orders: ``o_index``
+    (row in the order table), ``o_person``, ``o_ms``, ``o_amount`` — only
+    orders inside the window with a resolved person.
     """
 
     config: AttributionConfig
@@ -316,10 +323,9 @@ class BucketTask:
     n_buckets: int
     base_ms: int
     time_bits: int
-    t_person: IntArray
-    t_ms: IntArray
-    t_channel: npt.NDArray[np.int32]
-    t_click: BoolArray
+    channel_bits: int
+    t_person: npt.NDArray[np.signedinteger[Any]]
+    t_key: IntArray
     ta_local: BoolArray | None
     o_index: IntArray
     o_person: IntArray
@@ -376,39 +382,33 @@ def _renumber(seg: IntArray, keep_seg: BoolArray) -> IntArray:
     return new_id[seg]
 
 
-def _channel_bits(n_channels: int) -> int:
-    return max(int(n_channels - 1).bit_length(), 1)
-
-
-def _packed_bits(n_local: int, time_bits: int, n_channels: int) -> int:
+def _packed_bits(n_local: int, time_bits: int, channel_bits: int) -> int:
     """Bits of the packed touch key ``local person | time | channel | click``."""
-    return max(int(n_local).bit_length(), 1) + time_bits + _channel_bits(n_channels) + 1
+    return max(int(n_local).bit_length(), 1) + time_bits + channel_bits + 1
 
 
 def bucket_partial(task: BucketTask) -> Partial:
     """Everything additive about one bucket of persons (see the module docstring).
 
     Touches are sorted once by a packed int64 key ``(local person, time,
-    channel, click)`` — a plain ``np.sort``, several times faster than an
+    channel, click)`` — the local person number put in front of the touch key
+    and a plain in-place ``np.sort``, several times faster than an
     ``argsort`` followed by gathers — and unpacked again.
     """
     cfg = task.config
     c = task.n_channels
     window = cfg.window
     b = task.n_buckets
-    cbits = _channel_bits(c)
+    cbits = task.channel_bits
     low = cbits + 1
     shift = task.time_bits + low
-    local = task.t_person // b
-    n_local = int(local.max()) + 1 if local.size else 0
+    key = task.t_person.astype(np.int64)
+    key //= b
+    n_local = int(key.max()) + 1 if key.size else 0
     n_local = max(n_local, int(task.o_person.max()) // b + 1 if task.o_person.size else 0)
-    key = np.sort(
-        (local << shift)
-        | ((task.t_ms - task.base_ms) << low)
-        | (task.t_channel.astype(np.int64) << 1)
-        | task.t_click.astype(np.int64)
-    )
-    del local
+    key <<= shift
+    key |= task.t_key
+    key.sort()
     t_local = key >> shift
     t_ms = ((key >> low) & ((1 << task.time_bits) - 1)) + task.base_ms
     t_channel = ((key >> 1) & ((1 << cbits) - 1)).astype(np.int32)
@@ -809,6 +809,61 @@ def spend_by_channel(spend: pa.Table, channels: list[str]) -> tuple[FloatArray, 
     return cost, out_channels
 
 
+#: Touches handed to an executor at once (bounds the memory of a wave of bucket tasks).
+_WAVE_TOUCHES = 1 << 25
+
+
+def _bucket_dtype(b: int) -> type[np.unsignedinteger[Any]] | type[np.int64]:
+    return np.uint16 if b <= 1 << 16 else np.int64
+
+
+def _group_by_bucket(prepared: Prepared, b: int) -> list[IntArray]:
+    """Reorder each touch chunk by identity bucket, in place; return each chunk's bounds.
+
+    ``bounds[k][i]:bounds[k][i + 1]`` are the touches of bucket ``i`` in
+    chunk ``k``. A stable radix argsort of the 16-bit bucket numbers and one
+    gather per column, chunk by chunk, so only one chunk is ever copied.
+    """
+    out: list[IntArray] = []
+    for person, key in zip(prepared.t_person_chunks, prepared.t_key_chunks, strict=True):
+        if b == 1:
+            out.append(np.array([0, person.size], dtype=np.int64))
+            continue
+        bucket = (person % b).astype(_bucket_dtype(b))
+        order = np.argsort(bucket, kind="stable")
+        person[:] = person[order]
+        key[:] = key[order]
+        counts = np.bincount(bucket, minlength=b)
+        out.append(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    return out
+
+
+def _bucket_slice(
+    chunks: Sequence[npt.NDArray[Any]], bounds: list[IntArray], i: int
+) -> npt.NDArray[Any]:
+    """Bucket ``i``'s part of every chunk, joined (a view when there is one chunk)."""
+    parts = [chunk[int(bd[i]) : int(bd[i + 1])] for chunk, bd in zip(chunks, bounds, strict=True)]
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return np.empty(0, np.int64)
+    return np.concatenate(parts)
+
+
+def _waves(tasks: Iterator[BucketTask], limit: int) -> Iterator[list[BucketTask]]:
+    """Consecutive groups of tasks holding about ``limit`` touches each."""
+    wave: list[BucketTask] = []
+    held = 0
+    for t in tasks:
+        wave.append(t)
+        held += int(t.t_key.size)
+        if held >= limit:
+            yield wave
+            wave, held = [], 0
+    if wave:
+        yield wave
+
+
 def attribute(
     prepared: Prepared,
     config: AttributionConfig,
@@ -833,58 +888,54 @@ def attribute(
     c = max(len(channels), 1)
     eligible = prepared.o_in_window & (prepared.o_person >= 0)
     o_index = np.flatnonzero(eligible).astype(np.int64)
-    base_ms = int(prepared.t_ms.min()) if prepared.t_ms.size else prepared.window.start_ms
-    base_ms = min(base_ms, prepared.window.start_ms)
-    time_bits = int(max(prepared.window.window_end_ms - base_ms, 1)).bit_length()
+    time_bits, cbits = prepared.time_bits, prepared.channel_bits
     # Enough buckets that a bucket's local person numbers fit the packed sort key.
     b = config.buckets
-    while _packed_bits(prepared.n_persons // b + 1, time_bits, c) > _KEY_BITS:
+    while _packed_bits(prepared.n_persons // b + 1, time_bits, cbits) > _KEY_BITS:
         if b >= prepared.n_persons + 1:
             raise DataError(
                 "exposure times span too long a period to attribute; "
                 "restrict the exposure log to the campaign"
             )
         b *= 2
-    dtype = np.uint16 if b <= 1 << 16 else np.int64
-    t_bucket = (prepared.t_person % b).astype(dtype)
-    o_bucket = (prepared.o_person[o_index] % b).astype(dtype)
-    t_order = np.argsort(t_bucket, kind="stable")  # radix sort on 16-bit keys
-    o_order = np.argsort(o_bucket, kind="stable")
-    t_bounds = np.searchsorted(t_bucket[t_order], np.arange(b + 1))
+    o_bucket = (prepared.o_person[o_index] % b).astype(_bucket_dtype(b))
+    o_order = np.argsort(o_bucket, kind="stable")  # radix sort on 16-bit keys
     o_bounds = np.searchsorted(o_bucket[o_order], np.arange(b + 1))
-    del t_bucket, o_bucket
-    tasks = []
-    for i in range(b):
-        ts = t_order[t_bounds[i] : t_bounds[i + 1]]
+    del o_bucket
+    t_bounds = _group_by_bucket(prepared, b)
+
+    def task(i: int) -> BucketTask:
         os_ = o_index[o_order[o_bounds[i] : o_bounds[i + 1]]]
         ta_local = None
         if prepared.ta_person is not None:
             ta_local = prepared.ta_person[i::b]
-        tasks.append(
-            BucketTask(
-                config=config,
-                n_channels=c,
-                bucket=i,
-                n_buckets=b,
-                base_ms=base_ms,
-                time_bits=time_bits,
-                t_person=prepared.t_person[ts],
-                t_ms=prepared.t_ms[ts],
-                t_channel=prepared.t_channel[ts],
-                t_click=prepared.t_click[ts],
-                ta_local=ta_local,
-                o_index=os_,
-                o_person=prepared.o_person[os_],
-                o_ms=prepared.o_ms[os_],
-                o_amount=prepared.o_amount[os_],
-                keep_order_credits=keep_order_credits,
-            )
+        return BucketTask(
+            config=config,
+            n_channels=c,
+            bucket=i,
+            n_buckets=b,
+            base_ms=prepared.base_ms,
+            time_bits=time_bits,
+            channel_bits=cbits,
+            t_person=_bucket_slice(prepared.t_person_chunks, t_bounds, i),
+            t_key=_bucket_slice(prepared.t_key_chunks, t_bounds, i),
+            ta_local=ta_local,
+            o_index=os_,
+            o_person=prepared.o_person[os_],
+            o_ms=prepared.o_ms[os_],
+            o_amount=prepared.o_amount[os_],
+            keep_order_credits=keep_order_credits,
         )
-    del t_order
+
+    # Buckets stream: a task's touches are gathered only when it is due, so
+    # memory holds one bucket (inline) or one wave of buckets (an executor).
+    tasks = (task(i) for i in range(b))
+    parts: list[Partial] = []
     if executor is None:
-        parts = [bucket_partial(task) for task in tasks]
+        parts = [bucket_partial(t) for t in tasks]
     else:
-        parts = executor.map(bucket_partial, tasks, describe=lambda t: "identity bucket")
+        for wave in _waves(tasks, _WAVE_TOUCHES):
+            parts.extend(executor.map(bucket_partial, wave, describe=lambda t: "identity bucket"))
     merged = merge_partials(parts)
     valid = prepared.valid_cost
     merged.basic.cost = np.pad(valid, (0, max(0, c - valid.size))).astype(np.float64)

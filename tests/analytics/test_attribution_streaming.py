@@ -1,0 +1,187 @@
+"""The streaming machinery of attribution gives the same answer however the work is cut.
+
+The exposure scan encodes the log in groups of batches (one device
+dictionary per group, merged progressively), keeps the usable touches in
+chunks, and the bucket map gathers one bucket — or one wave of buckets for an
+executor — at a time. None of that may change a number: these tests shrink
+the batch, group, merge and wave sizes so a small campaign crosses every
+boundary, and compare with the one-group run and with counts written directly
+from the generated events.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from atoll.analytics import attribution, paths
+from atoll.analytics.attribution import (
+    ALL_MODELS,
+    AttributionConfig,
+    AttributionResult,
+    attribute,
+)
+from atoll.analytics.paths import Prepared, prepare
+from atoll.execution import make_executor
+from tests.analytics.test_attribution_kat import WINDOW, Order, Touch, at, exposures, orders
+
+INVALID = ("", "null", "0", "x" * 200)
+WINDOW_TZ = at(1).tzinfo
+KINDS = ("impression", "impression", "impression", "click", "hover")
+
+
+def campaign(seed: int) -> tuple[list[Touch], list[Order], list[str]]:
+    """Random touches (with invalid devices, unknown types, late events), orders, exclusions."""
+    rng = np.random.default_rng(seed)
+    devices = [f"d{i}" for i in range(120)]
+    touches: list[Touch] = []
+    for _ in range(3000):
+        r = rng.random()
+        if r < 0.03:
+            device = INVALID[int(rng.integers(0, len(INVALID)))]
+        elif r < 0.06:
+            device = f"  d{int(rng.integers(0, 120))} "  # trims to an existing device
+        else:
+            device = devices[int(rng.integers(0, 120))]
+        channel = "ABCDE"[int(rng.integers(0, 5))]
+        kind = KINDS[int(rng.integers(0, len(KINDS)))]
+        day = int(rng.integers(1, 31))  # some after the conversion window (June 29)
+        touches.append((device, channel, kind, at(day, float(rng.uniform(0, 24)))))
+    order_rows: list[Order] = [
+        (f"o{i}", devices[int(rng.integers(0, 130)) % 120], at(int(rng.integers(2, 30))), "19.90")
+        for i in range(200)
+    ]
+    excluded = [f"e{i}" for i in rng.choice(3000, size=150, replace=False)]
+    return touches, order_rows, excluded
+
+
+def expected_counts(touches: list[Touch], excluded: list[str]) -> Counter[str]:
+    """The event accounting written from the rules, event by event."""
+    out: Counter[str] = Counter()
+    gone = set(excluded)
+    end = datetime(2026, 6, 30, tzinfo=WINDOW_TZ)
+    for i, (device, _, kind, when) in enumerate(touches):
+        if f"e{i}" in gone:
+            out["excluded_invalid_traffic"] += 1
+        elif device.strip() in INVALID:
+            out["invalid_device_id"] += 1
+        elif kind not in ("impression", "click"):
+            out["unknown_event_type"] += 1
+        elif when >= end:
+            out["after_conversion_window"] += 1
+        else:
+            out["events_used"] += 1
+    return out
+
+
+Run = tuple[Prepared, AttributionResult, AttributionResult, np.ndarray]
+
+
+def results(ex: pa.Table | str, order_table: pa.Table, excluded: list[str]) -> Run:
+    """Prepare once; attribute inline and through an executor; the touches as one sorted key."""
+    prepared = prepare(ex, order_table, WINDOW, exclude_event_ids=pa.array(excluded))
+    config = AttributionConfig(window=WINDOW, buckets=3)
+    inline = attribute(prepared, config)
+    with make_executor("inline") as executor:
+        mapped = attribute(prepared, config, executor=executor)
+    touches = np.sort(
+        prepared.t_person.astype(np.int64) * (1 << 45)
+        + (prepared.t_ms - WINDOW.start_ms + (1 << 40)) * 16
+        + prepared.t_channel * 2
+        + prepared.t_click
+    )
+    return prepared, inline, mapped, touches
+
+
+@pytest.mark.parametrize("source", ["table", "parquet"])
+def test_groups_merges_and_waves_change_nothing(
+    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 128 rows, groups of 384, merges after 40 waiting ids, waves of 300 touches."""
+    touches, order_rows, excluded = campaign(3)
+    ex: pa.Table | str = exposures(touches, cost=0.25)
+    if source == "parquet":
+        path = f"{tmp_path}/exposures.parquet"
+        pq.write_table(ex, path, row_group_size=100)
+        ex = path
+    order_table = orders(order_rows)
+    one = results(ex, order_table, excluded)
+    monkeypatch.setattr(paths, "_BATCH_ROWS", 128)
+    monkeypatch.setattr(paths, "_GROUP_ROWS", 384)
+    monkeypatch.setattr(paths, "_MERGE_FLOOR", 40)
+    monkeypatch.setattr(attribution, "_WAVE_TOUCHES", 300)
+    many = results(ex, order_table, excluded)
+    assert len(many[0].t_key_chunks) > 10  # the small sizes did cut the work
+    prepared, inline, _, touch_set = one
+    want = expected_counts(touches, excluded)
+    for key in ("excluded_invalid_traffic", "invalid_device_id", "unknown_event_type"):
+        assert prepared.event_counts[key] == want[key], key
+    assert prepared.event_counts["after_conversion_window"] == want["after_conversion_window"]
+    assert prepared.event_counts["events_used"] == want["events_used"]
+    assert prepared.n_touches == want["events_used"]
+    # Every way of cutting the work holds the same touches and gives the same numbers.
+    other_prepared, other_inline, other_mapped, other_touches = many
+    assert other_prepared.event_counts == prepared.event_counts
+    assert other_prepared.n_persons == prepared.n_persons
+    np.testing.assert_array_equal(other_touches, touch_set)
+    np.testing.assert_allclose(other_prepared.billed_cost, prepared.billed_cost, rtol=1e-12)
+    np.testing.assert_allclose(other_prepared.valid_cost, prepared.valid_cost, rtol=1e-12)
+    for result in (other_inline, other_mapped, one[2]):
+        assert result.order_status == inline.order_status
+        for model in ALL_MODELS:
+            for got, exp in zip(result.credits[model], inline.credits[model], strict=True):
+                np.testing.assert_array_equal(got, exp)
+        assert (
+            result.delivery["overall"]["exposure_uv"] == inline.delivery["overall"]["exposure_uv"]
+        )
+    # The cost: 0.25 per event of the campaign period billed; the usable ones are valid.
+    start, end = at(1, 0), at(15, 0)
+    gone = set(excluded)
+    period = [i for i, t in enumerate(touches) if start <= t[3] < end]
+    usable = [
+        i
+        for i in period
+        if f"e{i}" not in gone
+        and touches[i][0].strip() not in INVALID
+        and touches[i][2] in ("impression", "click")
+    ]
+    assert prepared.billed_cost.sum() == pytest.approx(0.25 * len(period))
+    assert prepared.valid_cost.sum() == pytest.approx(0.25 * len(usable))
+
+
+def test_prepared_decodes_its_touch_keys() -> None:
+    touches: list[Touch] = [
+        ("d1", "B", "click", at(3, 10.5)),
+        ("d2", "A", "impression", at(1, 0.001)),
+        ("d1", "C", "impression", at(14, 23.9)),
+        ("d3", "A", "click", at(5, 1)),
+    ]
+    prepared = prepare(exposures(touches), orders([]), WINDOW)
+    assert prepared.channels == ["A", "B", "C"]
+    rows = sorted(
+        zip(
+            prepared.t_person.tolist(),
+            prepared.t_ms.tolist(),
+            prepared.t_channel.tolist(),
+            prepared.t_click.tolist(),
+            strict=True,
+        )
+    )
+    want = sorted(
+        (
+            {"d1": 0, "d2": 1, "d3": 2}[d],
+            int(when.timestamp() * 1000),
+            "ABC".index(ch),
+            kind == "click",
+        )
+        for d, ch, kind, when in touches
+    )
+    assert rows == want
+    assert prepared.base_ms == WINDOW.start_ms
+    assert prepared.t_person_chunks[0].dtype == np.int32
