@@ -24,8 +24,12 @@ Vocabularies are learned in :meth:`TagEncoder.fit`: values held by at least
 ``min_frequency`` rows, at most ``max_values`` per dimension (most frequent
 first, ties by name); rarer known values share one ``dim=(other)`` column,
 so a value first seen at scoring time is never an error and never silently
-becomes "unknown". Encoding is vectorised (Arrow dictionary encoding and
-list offsets into NumPy); no Python loop over rows.
+becomes "unknown". Encoding is vectorised and works per *distinct* value:
+a column is dictionary-encoded (or read that way from Parquet), the rules
+above run once on its dictionary, and a NumPy gather maps the result to the
+rows (list items through their list offsets) — no string kernel over every
+row, no Python loop over rows. :meth:`TagEncoder.encode` can write
+column-major and into a reused buffer, for scoring in blocks.
 
 The encoder follows the scikit-learn transformer contract (``fit`` returns
 self, learned attributes end in ``_``, ``get_feature_names_out``) and takes
@@ -71,6 +75,9 @@ OTHER = "(other)"
 Kind = Literal["categorical", "multi", "numeric"]
 #: One encoded dimension: its column name, its kind and (categorical/multi) its vocabulary.
 Dimension = tuple[str, Kind, tuple[str, ...]]
+Int = npt.NDArray[np.int64]
+#: Deduplicate list (row, value) pairs with a dense bitmap up to this many cells, else sort.
+_DENSE_PAIRS = 1 << 26
 
 
 def dimension_kind(type_: pa.DataType) -> Kind | None:
@@ -79,6 +86,8 @@ def dimension_kind(type_: pa.DataType) -> Kind | None:
         type_ = type_.value_type
     if pa.types.is_list(type_) or pa.types.is_large_list(type_):
         value = type_.value_type
+        if pa.types.is_dictionary(value):  # how Parquet's dictionary-encoded lists are read
+            value = value.value_type
         if pa.types.is_string(value) or pa.types.is_large_string(value):
             return "multi"
         return None
@@ -108,7 +117,7 @@ def as_table(data: Any) -> pa.Table:
 def _text(chunk: pa.Array) -> pa.Array:
     if pa.types.is_dictionary(chunk.type):
         chunk = chunk.dictionary_decode()
-    if not (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type)):
+    if not pa.types.is_string(chunk.type):
         chunk = pc.cast(chunk, pa.string())
     return chunk
 
@@ -120,25 +129,113 @@ def _known(values: pa.Array, unknown: frozenset[str]) -> pa.Array:
     return pc.if_else(pc.fill_null(is_unknown, True), pa.nulls(len(values), pa.string()), values)
 
 
-def _flat(column: pa.ChunkedArray, kind: Kind) -> tuple[pa.Array, npt.NDArray[np.int64]]:
-    """All known-or-unknown values of a column and the row each came from."""
-    values: list[pa.Array] = []
-    rows: list[npt.NDArray[np.int64]] = []
-    offset = 0
+def _chunk_values(chunk: pa.Array, kind: Kind) -> tuple[pa.Array, npt.NDArray[np.int64] | None]:
+    """A chunk's values (a multi column's list items) and, for lists, the row of each item."""
+    if kind != "multi":
+        return chunk, None
+    if pa.types.is_dictionary(chunk.type):  # a dictionary of whole lists
+        chunk = chunk.dictionary_decode()
+    parents = pc.list_parent_indices(chunk).to_numpy(zero_copy_only=False)
+    return pc.list_flatten(chunk), np.asarray(parents, dtype=np.int64)
+
+
+def _dictionary_codes(values: pa.Array) -> tuple[pa.Array, npt.NDArray[np.int64]]:
+    """``(dictionary, codes)``: ``dictionary[codes[i]]`` is value ``i``; a null has code ``len``.
+
+    Why: every rule of the encoder (unknown labels, vocabulary lookup) is a
+    function of the value alone, so it is computed once per *distinct* value
+    (a dictionary of a few dozen entries) and mapped to the rows with one
+    NumPy gather, instead of running string kernels over every row. Parquet's
+    own dictionaries (columns read with ``read_dictionary``) are used as they
+    are; other columns are dictionary-encoded here (one hash pass).
+    """
+    if not pa.types.is_dictionary(values.type):
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            values = pc.cast(values, pa.string())
+        values = pc.dictionary_encode(values)
+    dictionary = values.dictionary
+    indices = values.indices
+    if indices.null_count:
+        indices = pc.fill_null(indices, len(dictionary))
+    codes = np.asarray(indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return dictionary, codes
+
+
+def _known_lookup(dictionary: pa.Array, unknown: frozenset[str]) -> tuple[list[str], Int]:
+    """Distinct known values of a dictionary and, per entry (+ the null code), their index or -1.
+
+    Entries that are equal strings share one index, so a dictionary with
+    repeated entries still counts a value once per row.
+    """
+    known = _known(_text(dictionary), unknown)
+    distinct = pc.dictionary_encode(known)
+    ids = pc.fill_null(distinct.indices, -1).to_numpy(zero_copy_only=False)
+    lookup = np.append(np.asarray(ids, dtype=np.int64), -1)
+    return [str(v) for v in distinct.dictionary.to_pylist()], lookup
+
+
+def _slot_lookup(dictionary: pa.Array, vocab: pa.Array, unknown: frozenset[str]) -> Int:
+    """Per dictionary entry (+ the null code): vocabulary index, ``len(vocab)`` (other) or -1."""
+    known = _known(_text(dictionary), unknown)
+    idx = pc.fill_null(pc.index_in(known, value_set=vocab), len(vocab))
+    slots = np.asarray(idx.to_numpy(zero_copy_only=False), dtype=np.int64)
+    valid = np.asarray(known.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    slots[~valid] = -1
+    return np.append(slots, -1)
+
+
+#: Recent slot lookups by (dimension, vocabulary, unknown labels), with their dictionary.
+_SLOT_CACHE: dict[tuple[str, tuple[str, ...], frozenset[str]], tuple[pa.Array, Int]] = {}
+_SLOT_CACHE_SIZE = 512
+
+
+def _cached_slot_lookup(
+    name: str, dictionary: pa.Array, vocab: tuple[str, ...], unknown: frozenset[str]
+) -> Int:
+    """:func:`_slot_lookup`, reused while the same dictionary comes back.
+
+    Blocks sliced from one Parquet row group share its dictionary, so the
+    lookup is built once per part, not once per block; the dictionary is
+    compared by value (a few dozen entries), never by address.
+    """
+    key = (name, vocab, unknown)
+    hit = _SLOT_CACHE.get(key)
+    if hit is not None and hit[0].equals(dictionary):
+        return hit[1]
+    lookup = _slot_lookup(dictionary, pa.array(vocab, pa.string()), unknown)
+    if len(_SLOT_CACHE) >= _SLOT_CACHE_SIZE:
+        _SLOT_CACHE.clear()
+    _SLOT_CACHE[key] = (dictionary, lookup)
+    return lookup
+
+
+def _holder_counts(column: pa.ChunkedArray, kind: Kind, unknown: frozenset[str]) -> dict[str, int]:
+    """Rows holding each known value of a column (a list value counts once per row)."""
+    totals: dict[str, int] = {}
     for chunk in column.chunks:
-        if kind == "multi":
-            if pa.types.is_dictionary(chunk.type):
-                chunk = chunk.dictionary_decode()
-            parents = pc.list_parent_indices(chunk).to_numpy(zero_copy_only=False)
-            values.append(_text(pc.list_flatten(chunk)))
-            rows.append(parents.astype(np.int64) + offset)
+        values, rows = _chunk_values(chunk, kind)
+        if len(values) == 0:
+            continue
+        dictionary, codes = _dictionary_codes(values)
+        names, lookup = _known_lookup(dictionary, unknown)
+        ids = lookup[codes]
+        keep = ids >= 0
+        m = len(names)
+        if rows is not None and m:
+            # Deduplicate (row, value) pairs: a value listed twice in a row has one holder.
+            pairs = rows[keep] * m + ids[keep]
+            if len(chunk) * m <= _DENSE_PAIRS:
+                seen = np.zeros(len(chunk) * m, dtype=bool)
+                seen[pairs] = True
+                counts = seen.reshape(len(chunk), m).sum(axis=0)
+            else:
+                counts = np.bincount(np.unique(pairs) % m, minlength=m)
         else:
-            values.append(_text(chunk))
-            rows.append(np.arange(offset, offset + len(chunk), dtype=np.int64))
-        offset += len(chunk)
-    if not values:
-        return pa.array([], pa.string()), np.zeros(0, dtype=np.int64)
-    return pa.concat_arrays([v.cast(pa.string()) for v in values]), np.concatenate(rows)
+            counts = np.bincount(ids[keep], minlength=m)
+        for name, count in zip(names, counts.tolist(), strict=True):
+            if count:
+                totals[name] = totals.get(name, 0) + int(count)
+    return totals
 
 
 class TagEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
@@ -227,16 +324,9 @@ class TagEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             if kind == "numeric":
                 dims.append((name, kind, ()))
                 continue
-            values, rows = _flat(table[name], kind)
-            if kind == "multi":  # a holder counts once per value
-                pairs = pa.table({"v": _known(values, unknown), "r": pa.array(rows)})
-                pairs = pairs.filter(pc.is_valid(pairs["v"])).group_by(["v", "r"]).aggregate([])
-                known_values = pairs["v"]
-            else:
-                known_values = pc.drop_null(_known(values, unknown))
-            counts = pc.value_counts(known_values).to_pylist() if len(known_values) else []
+            counts = _holder_counts(table[name], kind, unknown)
             ranked = sorted(
-                ((c["values"], c["counts"]) for c in counts if c["counts"] >= self.min_frequency),
+                ((v, c) for v, c in counts.items() if c >= self.min_frequency),
                 key=lambda vc: (-vc[1], vc[0]),
             )[: self.max_values]
             vocab = tuple(sorted(v for v, _ in ranked))
@@ -274,11 +364,39 @@ class TagEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 
     def transform(self, X: Any) -> npt.NDArray[np.float32]:
         """Encode a table (same columns as in ``fit``) into ``float32``."""
+        return self.encode(X)
+
+    def encode(
+        self,
+        X: Any,
+        *,
+        order: Literal["C", "F"] = "C",
+        out: npt.NDArray[np.float32] | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """:meth:`transform` with a choice of memory layout (same values), optionally in place.
+
+        ``order="F"`` (column-major) suits consumers that read the matrix a
+        feature at a time, such as the compiled tree evaluator in
+        :mod:`atoll.models.pu`; ``"C"`` is scikit-learn's usual layout.
+        ``out``: a ``float32`` array of shape ``(rows, features)`` contiguous
+        in ``order`` to overwrite (a buffer reused across blocks of a large
+        table skips re-faulting fresh memory for every block).
+        """
         self._check_fitted()
         table = as_table(X)
         unknown = self._unknown()
         n = table.num_rows
-        out = np.zeros((n, len(self.feature_names_out_)), dtype=np.float32)
+        width = len(self.feature_names_out_)
+        if out is None:
+            out = np.zeros((n, width), dtype=np.float32, order=order)
+        else:
+            contiguous = out.flags.f_contiguous if order == "F" else out.flags.c_contiguous
+            if out.shape != (n, width) or out.dtype != np.float32 or not contiguous:
+                raise ConfigError(
+                    f"out must be a {order}-contiguous float32 array of shape {(n, width)}"
+                )
+            out.fill(0.0)
+        flat = out.reshape(-1, order=order)  # a view: out is contiguous in this order
         col = 0
         for name, kind, vocab in self.dimensions_:
             if name not in table.column_names:
@@ -292,16 +410,20 @@ class TagEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
                 )
             if kind == "numeric":
                 values = pc.cast(table[name], pa.float64()).to_numpy()
-                out[:, col] = np.asarray(values, dtype=np.float32)
+                out[:, col] = values
                 col += 1
                 continue
-            values, rows = _flat(table[name], kind)
-            known = _known(values, unknown)
-            valid = np.asarray(known.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-            idx = pc.index_in(known, value_set=pa.array(vocab, pa.string()))
-            slot = np.asarray(pc.fill_null(idx, len(vocab)).to_numpy(zero_copy_only=False))
-            slot = slot.astype(np.int64)
-            out[rows[valid], col + slot[valid]] = 1.0
+            offset = 0
+            for chunk in table[name].chunks:
+                values, rows = _chunk_values(chunk, kind)
+                if len(values):
+                    dictionary, codes = _dictionary_codes(values)
+                    slots = _cached_slot_lookup(name, dictionary, vocab, unknown)[codes]
+                    hit = np.flatnonzero(slots >= 0)
+                    at = (hit if rows is None else rows[hit]) + offset
+                    columns = slots[hit] + col
+                    flat[at * width + columns if order == "C" else columns * n + at] = 1.0
+                offset += len(chunk)
             col += len(vocab) + 1
         return out
 

@@ -7,8 +7,13 @@ Pass 1 maps over the universe's parts — the buckets of a
 file (a CSV is first spilled to Parquet) — on an
 :class:`~atoll.execution.Executor`. Tasks take *paths* (the part, the
 model directory, the exclusion lists), load the model once per worker,
-score, mark exclusions and write a small part file; they return only the
-scores of eligible rows, so the group cut points can be computed exactly.
+read only the columns they need (tag columns of a Parquet file as Arrow
+dictionaries, as Parquet stores them), score in blocks of
+:data:`SCORE_BLOCK_ROWS` rows (:func:`score_table`: a column-major feature
+block, reused, evaluated by the compiled trees of :mod:`atoll.models.pu` —
+LightGBM's exact numbers), mark exclusions and write a small part file;
+they return only the scores of eligible rows, so the group cut points can
+be computed exactly.
 Pass 2 streams the part files once more: assigns groups, writes
 ``scores.parquet`` (``device_id, score, group, excluded`` for *every*
 universe row) and feeds the package builder.
@@ -52,6 +57,7 @@ from atoll.errors import ConfigError, InputError, SchemaError
 from atoll.execution import Executor
 from atoll.ids.normalize import normalize_array
 from atoll.models.packages import DEFAULT_KINDS, PackageBuilder, PackageKind
+from atoll.models.pu import BaggingPU, ElkanNotoPU, is_lightgbm
 from atoll.models.registry import EXCLUSIONS_FILE, load_model_dir
 
 __all__ = [
@@ -60,11 +66,14 @@ __all__ = [
     "assign_groups",
     "cut_points",
     "exclusions_table",
+    "score_table",
     "score_universe",
     "universe_parts",
 ]
 
 Float = npt.NDArray[np.float64]
+#: Rows encoded and scored at a time within a part: bounds the feature matrix (rows x features).
+SCORE_BLOCK_ROWS = 32_768
 #: Text columns of a CSV universe that hold ``|``-separated lists.
 LIST_COLUMNS = ("app_categories", "interests", "lbs_frequent_categories", "lbs_frequent_pois")
 
@@ -129,12 +138,12 @@ def cut_points(eligible_scores: Float, spec: GroupSpec) -> list[float]:
     """Score cut of each group (descending): group g holds scores ≥ cut[g-1] (and < cut[g-2])."""
     if spec.mode == "threshold":
         return list(spec.bounds)
-    s = np.sort(np.asarray(eligible_scores, dtype=np.float64))[::-1]
-    cuts = []
-    for b in spec.bounds:
-        top = math.ceil(b * s.size)
-        cuts.append(float(s[top - 1]) if top >= 1 and s.size else math.inf)
-    return cuts
+    s = np.asarray(eligible_scores, dtype=np.float64)
+    tops = [math.ceil(b * s.size) for b in spec.bounds]
+    # The top-th largest score is the (size - top)-th smallest: a partial sort finds them all.
+    kth = sorted({s.size - top for top in tops if top >= 1})
+    ranked = np.partition(s, kth) if kth and s.size else s
+    return [float(ranked[s.size - top]) if top >= 1 and s.size else math.inf for top in tops]
 
 
 def _groups_from_cuts(
@@ -193,12 +202,49 @@ def _spill_csv(path: Path, folder: Path, batch_rows: int) -> Path:
     return out
 
 
-def read_part(source: str, kind: str, part: int, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read one part (a bucket or a Parquet row group)."""
+def read_part(
+    source: str,
+    kind: str,
+    part: int,
+    columns: Sequence[str] | None = None,
+    dictionary: Sequence[str] = (),
+) -> pa.Table:
+    """Read one part (a bucket or a Parquet row group).
+
+    ``dictionary``: text or list-of-text columns of a Parquet file to read as
+    Arrow dictionaries (Parquet stores them dictionary-encoded; reading the
+    dictionary and its indices skips building one string per row). Values
+    are unchanged; bucketed datasets ignore it.
+    """
     cols = None if columns is None else list(columns)
     if kind == "bucket":
         return BucketedDataset.open(source).read_bucket(part, cols)
+    if dictionary:
+        paths = _dictionary_paths(source, os.stat(source).st_mtime_ns, tuple(dictionary))
+        return pq.ParquetFile(source, read_dictionary=paths).read_row_group(part, columns=cols)
     return pq.ParquetFile(source).read_row_group(part, columns=cols)
+
+
+@functools.lru_cache(maxsize=8)
+def _dictionary_paths(source: str, mtime_ns: int, names: tuple[str, ...]) -> list[str]:
+    """Parquet leaf paths of the named text / list-of-text columns (others are skipped)."""
+    del mtime_ns
+    file = pq.ParquetFile(source)
+    arrow = file.schema_arrow
+    leaves: dict[str, list[str]] = {}
+    for i in range(file.metadata.num_columns):
+        path = file.schema.column(i).path
+        leaves.setdefault(path.split(".", 1)[0], []).append(path)
+    out: list[str] = []
+    for name in names:
+        if name not in arrow.names or len(leaves.get(name, [])) != 1:
+            continue
+        type_ = arrow.field(name).type
+        if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+            type_ = type_.value_type
+        if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+            out.append(leaves[name][0])
+    return out
 
 
 # --------------------------------------------------------------------------- pass 1
@@ -267,24 +313,70 @@ def _excluded(
     return pc.if_else(hit, pa.scalar("seed"), reason)
 
 
+def score_table(model: Any, table: pa.Table, block_rows: int = SCORE_BLOCK_ROWS) -> Float:
+    """``model.score(table)``, the same numbers, computed ``block_rows`` rows at a time.
+
+    For the LightGBM strategies each block is encoded column-major
+    (:meth:`~atoll.models.features.TagEncoder.encode` with ``order="F"``),
+    the layout of the compiled tree evaluator in :mod:`atoll.models.pu`, and
+    the feature matrix never exceeds one block. Scores are per row, so
+    blocks change nothing. The logistic baseline is scored in one call (its
+    dot products go through BLAS, whose summation order may depend on the
+    matrix shape).
+    """
+    pipeline = model.pipeline
+    if pipeline is None:
+        raise ConfigError("the lookalike model is not fitted yet")
+    enc, est = pipeline.named_steps["tags"], pipeline.named_steps["pu"]
+    if not _lightgbm_based(est) or table.num_rows <= 0:
+        return np.asarray(model.score(table), dtype=np.float64)
+    out = np.empty(table.num_rows, dtype=np.float64)
+    width = len(enc.get_feature_names_out())
+    buffer: npt.NDArray[np.float32] | None = None
+    for start in range(0, table.num_rows, block_rows):
+        block = table.slice(start, block_rows)
+        if buffer is None or buffer.shape[0] != block.num_rows:
+            buffer = np.empty((block.num_rows, width), dtype=np.float32, order="F")
+        features = enc.encode(block, order="F", out=buffer)
+        out[start : start + block.num_rows] = est.score_samples(features)
+    return out
+
+
+def _lightgbm_based(est: Any) -> bool:
+    """Whether ``est`` is a PU strategy whose every base learner is a LightGBM model."""
+    if isinstance(est, ElkanNotoPU):
+        learners = [getattr(est, "estimator_", None)]
+    elif isinstance(est, BaggingPU):
+        learners = list(getattr(est, "estimators_", []))
+    else:
+        return False
+    return bool(learners) and all(is_lightgbm(b) for b in learners)
+
+
 def _score_part(task: _Task) -> tuple[str, int, npt.NDArray[np.float64]]:
     """Executor task: score one part, mark exclusions, write the part file."""
     loaded = _model(task.model_dir, os.stat(os.path.join(task.model_dir, "model.json")).st_mtime_ns)
     model = loaded.model
-    needed = [task.id_column, *model.dimensions, *task.keep_columns]
-    table = read_part(task.source, task.kind, task.part)
-    missing = [
-        c
-        for c in dict.fromkeys(needed)
-        if c not in table.column_names and c not in task.keep_columns
-    ]
+    needed = list(dict.fromkeys([task.id_column, *model.dimensions]))
+    stamp_path = os.path.join(task.source, MANIFEST_NAME) if task.kind == "bucket" else task.source
+    schema = _part_schema(task.source, task.kind, os.stat(stamp_path).st_mtime_ns)
+    missing = [c for c in needed if c not in schema.names]
     if missing:
         raise SchemaError(
             f"the universe lacks column(s) the model needs: {', '.join(missing)}",
             source=task.source,
             column=missing[0],
         )
-    score = model.score(table)
+    keep = tuple(c for c in (*task.keep_columns, "phone") if c in schema.names)
+    wanted = [*needed, *keep]
+    table = read_part(
+        task.source,
+        task.kind,
+        task.part,
+        list(dict.fromkeys(wanted)),
+        dictionary=[c for c in model.dimensions if c not in (task.id_column, "phone", *keep)],
+    )
+    score = score_table(model, table)
     excluded = _excluded(table, task.id_column, task.model_dir, task.exposed_path)
     cols: dict[str, Any] = {
         task.id_column: table[task.id_column].cast(pa.string()),
@@ -297,6 +389,15 @@ def _score_part(task: _Task) -> tuple[str, int, npt.NDArray[np.float64]]:
     pq.write_table(pa.table(cols), task.out_path)
     eligible = np.asarray(excluded.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     return task.out_path, table.num_rows, score[eligible]
+
+
+@functools.lru_cache(maxsize=8)
+def _part_schema(source: str, kind: str, mtime_ns: int) -> pa.Schema:
+    """The universe's column schema (a bucketed dataset's manifest, or the Parquet footer)."""
+    del mtime_ns
+    if kind == "bucket":
+        return BucketedDataset.open(source).schema
+    return pq.ParquetFile(source).schema_arrow
 
 
 # --------------------------------------------------------------------------- driver
@@ -436,7 +537,13 @@ def score_universe(
                     }
                 )
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp_scores, table.schema, compression="zstd")
+                    # Dictionary pages only where values repeat (not unique device IDs).
+                    writer = pq.ParquetWriter(
+                        tmp_scores,
+                        table.schema,
+                        compression="zstd",
+                        use_dictionary=["group", "excluded"],
+                    )
                 writer.write_table(table)
                 if builder is not None:
                     builder.add(part, group)
