@@ -30,6 +30,7 @@ from atoll.cli._common import console, fail, out_console
 from atoll.data.io import read_table
 from atoll.errors import AtollError, ConfigError
 from atoll.execution import make_executor
+from atoll.ui.reports import ivt_page
 
 app = typer.Typer(help="Invalid-traffic (IVT) filtering of exposure logs.", no_args_is_help=True)
 
@@ -46,77 +47,6 @@ def _config(rules_file: Path | None, only: str | None, skip: str | None) -> IvtC
             raise ConfigError(f"--skip names unknown rule(s) {unknown}; known: {', '.join(RULES)}")
         rules = [r for r in rules if r not in drop]
     return IvtConfig.from_mapping({**config.to_dict(), "rules": rules}, source="--only/--skip")
-
-
-def ivt_page(report: IvtReport, evaluation: IvtEvaluation | None = None) -> Any:
-    """The HTML page of an IVT report: per-rule bars, class totals, overlaps, parameters."""
-    from atoll.ui import Bar, Page, formula_cell, hbar_chart
-
-    total = int(report.total["events"])
-    page = Page("Invalid-traffic report", f"{total:,} events; rules applied before any metric")
-    page.kv(
-        {
-            "events": total,
-            "flagged (any rule)": int(report.any["events"]),
-            "kept": total - int(report.any["events"]),
-            "GIVT": int(report.givt["events"]),
-            "SIVT": int(report.sivt["events"]),
-        }
-    )
-    bars = [
-        Bar(
-            f"{r} ({RULES[r]})",
-            float(report.per_rule[r]["events"]),
-            tooltip=f"{report.share(int(report.per_rule[r]['events'])):.2%} of events",
-        )
-        for r in report.rules
-    ]
-    page.chart(hbar_chart(bars, title="Events flagged per rule"), "an event may match several")
-    rows: list[list[Any]] = []
-    for r in report.rules:
-        s = report.per_rule[r]
-        share = report.share(int(s["events"]))
-        rows.append(
-            [
-                r,
-                RULES[r],
-                int(s["events"]),
-                formula_cell(f"{share:.2%}", "flagged events / all events"),
-                int(s["impressions"]),
-                int(s["clicks"]),
-                float(s["cost"]),
-                int(s["devices"]),
-                int(s["exclusive"]),
-            ]
-        )
-    page.table(
-        ["rule", "class", "events", "share", "impressions", "clicks", "cost", "devices", "only"],
-        rows,
-        caption="Per rule ('only' = flagged by this rule and no other)",
-        digits=2,
-    )
-    page.table(
-        ["rule", *report.rules],
-        [[a, *[report.overlap[a][b] for b in report.rules]] for a in report.rules],
-        caption="Overlap: events flagged by both rules (diagonal = the rule's own count)",
-    )
-    if evaluation is not None:
-        page.heading("Against planted labels")
-        page.paragraph(
-            f"precision {evaluation.precision:.4f}, recall {evaluation.recall:.4f} "
-            "(precision = flagged and labelled / flagged; recall = flagged and labelled / labelled)"
-        )
-        page.chart(
-            hbar_chart(
-                [Bar(t, s["recall"] * 100) for t, s in evaluation.by_type.items()],
-                title="Recall per planted ivt_type (%)",
-                value_format="{:.1f}",
-            )
-        )
-    page.heading("Parameters")
-    page.paragraph(json.dumps(report.config, sort_keys=True))
-    page.paragraph(json.dumps(report.lists, sort_keys=True))
-    return page
 
 
 @app.command("run")

@@ -215,7 +215,7 @@ def _guard(devices: int) -> Guard:
 
 
 def _json(obj: Any, path: Path) -> Path:
-    from atoll.cli.report import write_json  # the reports' JSON writer (non-finite → null)
+    from atoll.ui.reports import write_json  # the reports' JSON writer (non-finite → null)
 
     result: Path = write_json(obj, path)
     return result
@@ -262,7 +262,7 @@ def _ivt(ctx: DemoContext, folder: Path, ex: Executor) -> tuple[IvtRunResult, Iv
 
 
 def _ivt_page(result: IvtRunResult, evaluation: IvtEvaluation) -> Any:
-    from atoll.cli.ivt import ivt_page  # the page builder of `atoll ivt`, reused as is
+    from atoll.ui.reports import ivt_page  # the page builder of `atoll ivt`, reused as is
 
     return ivt_page(result.report, evaluation)
 
@@ -467,7 +467,7 @@ def _attribution(
 
 
 def _attribution_page(metrics: dict[str, Any]) -> Any:
-    from atoll.cli.report import attribution_page  # the page of `atoll report attribution`
+    from atoll.ui.reports import attribution_page  # the page of `atoll report attribution`
 
     return attribution_page(metrics)
 
