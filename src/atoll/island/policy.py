@@ -10,7 +10,10 @@ frozen :class:`AttestationPolicy` and applies it to a
 :class:`~atoll.island.verdict.PolicyRejected` naming the exact rule that
 failed. Defaults are strict: only ``UpToDate`` TCB, no debug enclaves, no
 simulated evidence, a report-data binding required, and the code must be
-pinned by at least one measurement or signer rule.
+pinned by at least one measurement or signer rule. GPU evidence (NVIDIA H100)
+never qualifies an island for key release: :func:`evaluate` refuses it, and
+:func:`evaluate_gpu_addon` accepts it only as an *add-on* claim next to CPU
+TEE evidence, when the policy says ``allow_gpu_addon = true``.
 
 Example (``docs/attestation.md`` has the full reference)::
 
@@ -41,6 +44,8 @@ from typing import Any
 from atoll.crypto import constant_time_equal
 from atoll.errors import ConfigError
 from atoll.island.verdict import (
+    GPU_NONCE_SIZE,
+    GPU_TEE_TYPES,
     INTEL_TCB_STATUSES,
     KNOWN_MEASUREMENTS,
     KNOWN_SVNS,
@@ -54,6 +59,7 @@ __all__ = [
     "POLICY_VERSION",
     "AttestationPolicy",
     "evaluate",
+    "evaluate_gpu_addon",
     "load_policy",
     "parse_policy",
 ]
@@ -97,6 +103,9 @@ class AttestationPolicy:
       64-byte report data (the key/nonce/manifest binding) and it must match.
     * ``allow_any_measurement`` – accept code not pinned by any measurement or
       signer rule (default ``False``: an unpinned island gets nothing).
+    * ``allow_gpu_addon`` – accept verified GPU evidence (``nvidia-h100``) as an
+      add-on claim via :func:`evaluate_gpu_addon` (default ``False``). GPU
+      types can never be listed in ``tee_types``.
     """
 
     tee_types: frozenset[str] = frozenset({"sgx", "tdx", "sev-snp"})
@@ -111,11 +120,18 @@ class AttestationPolicy:
     max_evidence_age_seconds: int | None = None
     require_report_data: bool = True
     allow_any_measurement: bool = False
+    allow_gpu_addon: bool = False
 
     def __post_init__(self) -> None:
         bad_tee = sorted(set(self.tee_types) - set(TEE_TYPES))
         if bad_tee:
             raise ConfigError(f"unknown TEE type(s) {bad_tee}; known: {list(TEE_TYPES)}")
+        gpu = sorted(set(self.tee_types) & GPU_TEE_TYPES)
+        if gpu:
+            raise ConfigError(
+                f"GPU evidence {gpu} cannot be an island TEE type; "
+                "use allow_gpu_addon = true to accept it as an add-on claim"
+            )
         for key, values in self.measurements.items():
             if key not in _ALL_MEASUREMENT_KEYS:
                 raise ConfigError(
@@ -155,6 +171,7 @@ class AttestationPolicy:
             "allow_simulated": self.allow_simulated,
             "require_report_data": self.require_report_data,
             "allow_any_measurement": self.allow_any_measurement,
+            "allow_gpu_addon": self.allow_gpu_addon,
             "allowed_signers": sorted(self.allowed_signers),
             "allowed_isv_prod_ids": sorted(self.allowed_isv_prod_ids),
             "measurements": {k: sorted(v) for k, v in sorted(self.measurements.items())},
@@ -187,6 +204,7 @@ _TOP_KEYS = frozenset(
         "max_evidence_age_seconds",
         "require_report_data",
         "allow_any_measurement",
+        "allow_gpu_addon",
     }
 )
 
@@ -232,7 +250,13 @@ def parse_policy(doc: Mapping[str, Any], *, source: str = "<policy>") -> Attesta
         ):
             raise ConfigError(f"{source}: key 'allowed_isv_prod_ids' must be a list of integers")
         kwargs["allowed_isv_prod_ids"] = frozenset(ids)
-    for key in ("allow_debug", "allow_simulated", "require_report_data", "allow_any_measurement"):
+    for key in (
+        "allow_debug",
+        "allow_simulated",
+        "require_report_data",
+        "allow_any_measurement",
+        "allow_gpu_addon",
+    ):
         if key in doc:
             kwargs[key] = _bool(doc, key, source)
     if "max_evidence_age_seconds" in doc:
@@ -293,7 +317,9 @@ def evaluate(
 ) -> None:
     """Accept ``verdict`` under ``policy`` or raise :class:`PolicyRejected` naming the rule.
 
-    Rules are checked in a fixed order: simulated, TEE type, debug, TCB status,
+    GPU evidence is refused first (rule ``gpu_evidence``): it proves a GPU's
+    firmware, not the CPU enclave that would hold the key. Then rules are
+    checked in a fixed order: simulated, TEE type, debug, TCB status,
     advisories, measurements / signer pinning, ISV product, minimum SVNs,
     collateral expiry and evidence age at ``now`` (default: the current UTC
     time), and finally the report-data binding (constant-time comparison).
@@ -302,6 +328,12 @@ def evaluate(
     if now.tzinfo is None:
         raise ConfigError("evaluate(now=...) must be timezone-aware")
     tee = verdict.tee
+    if tee in GPU_TEE_TYPES:
+        raise PolicyRejected(
+            f"{tee} GPU evidence never qualifies an island for key release; it is only an "
+            "add-on claim next to CPU TEE evidence (see evaluate_gpu_addon)",
+            rule="gpu_evidence",
+        )
     if verdict.simulated and not policy.allow_simulated:
         raise PolicyRejected(
             "simulated evidence (no hardware protection) is refused by this policy",
@@ -400,3 +432,58 @@ def _check_code_identity(verdict: Verdict, policy: AttestationPolicy) -> None:
             "(set [measurements] / allowed_signers, or allow_any_measurement = true)",
             rule="measurements",
         )
+
+
+def evaluate_gpu_addon(
+    verdict: Verdict,
+    policy: AttestationPolicy,
+    *,
+    expected_nonce: bytes | None,
+    now: datetime | None = None,
+) -> None:
+    """Accept verified GPU evidence as an *add-on* claim, or raise :class:`PolicyRejected`.
+
+    This never replaces :func:`evaluate` on the island's CPU TEE evidence: a
+    caller releases a key only if that passed too. Rules, in order:
+    ``allow_gpu_addon`` must be true; the verdict must be GPU evidence; the
+    chain must not have expired at ``now``; ``max_evidence_age_seconds``; and
+    the signed SPDM nonce must equal ``expected_nonce`` (constant-time;
+    required whenever ``require_report_data`` is on, the default).
+    Measurements are not appraised here (that needs NVIDIA's signed RIMs).
+    """
+    now = datetime.now(UTC) if now is None else now
+    if now.tzinfo is None:
+        raise ConfigError("evaluate_gpu_addon(now=...) must be timezone-aware")
+    if not policy.allow_gpu_addon:
+        raise PolicyRejected(
+            "GPU evidence is refused by this policy (set allow_gpu_addon = true to accept it "
+            "as an add-on claim)",
+            rule="allow_gpu_addon",
+        )
+    if verdict.tee not in GPU_TEE_TYPES:
+        raise PolicyRejected(
+            f"{verdict.tee} evidence is not GPU evidence; use evaluate()", rule="gpu_evidence"
+        )
+    if verdict.collateral_expires is not None and now > verdict.collateral_expires:
+        raise PolicyRejected(
+            f"GPU certificate chain expired at {verdict.collateral_expires.isoformat()}",
+            rule="collateral_expires",
+        )
+    if policy.max_evidence_age_seconds is not None:
+        age = (now - verdict.verified_at).total_seconds()
+        if age > policy.max_evidence_age_seconds or age < -60:
+            raise PolicyRejected(
+                f"verdict is {age:.0f} s old (max {policy.max_evidence_age_seconds} s)",
+                rule="max_evidence_age_seconds",
+            )
+    if expected_nonce is None:
+        if policy.require_report_data:
+            raise PolicyRejected(
+                "policy requires a fresh-nonce binding but no expected GPU nonce was given",
+                rule="require_report_data",
+            )
+        return
+    if len(expected_nonce) != GPU_NONCE_SIZE:
+        raise ConfigError(f"expected GPU nonce must be {GPU_NONCE_SIZE} bytes")
+    if not constant_time_equal(verdict.report_data, expected_nonce):
+        raise PolicyRejected("GPU evidence does not carry the expected nonce", rule="gpu_nonce")

@@ -5,7 +5,8 @@ requester) decides on the same facts -- which TEE, which code (measurements),
 what platform patch level (TCB status, advisories), debug or not, what the
 enclave bound into its 64-byte report data. Verifiers for very different
 evidence (Intel SGX/TDX DCAP quotes, AMD SEV-SNP reports, the simulated
-backend) all reduce to this one frozen :class:`Verdict`, so the policy layer
+backend, and NVIDIA H100 GPU evidence -- an add-on claim only) all reduce
+to this one frozen :class:`Verdict`, so the policy layer
 (:mod:`atoll.island.policy`) and the key-release code never look at raw
 evidence. A verifier either returns a verdict -- every signature, chain, CRL
 and collateral check passed at the pinned time -- or raises a specific
@@ -28,6 +29,8 @@ from typing import Any, Literal, cast, get_args
 from atoll.errors import AtollError
 
 __all__ = [
+    "GPU_NONCE_SIZE",
+    "GPU_TEE_TYPES",
     "INTEL_TCB_STATUSES",
     "KNOWN_MEASUREMENTS",
     "KNOWN_SVNS",
@@ -37,6 +40,7 @@ __all__ = [
     "CollateralError",
     "EvidenceFormatError",
     "EvidenceSignatureError",
+    "NonceMismatchError",
     "PolicyRejected",
     "TcbError",
     "TeeType",
@@ -44,11 +48,17 @@ __all__ = [
 ]
 
 #: The TEE families a verdict can describe.
-TeeType = Literal["sgx", "tdx", "sev-snp", "simulated"]
+TeeType = Literal["sgx", "tdx", "sev-snp", "simulated", "nvidia-h100"]
 TEE_TYPES: tuple[str, ...] = get_args(TeeType)
 
-#: Size of the report-data field every supported TEE signs (SGX, TDX, SNP).
+#: GPU evidence: an add-on claim next to CPU TEE evidence, never an island TEE by itself.
+GPU_TEE_TYPES: frozenset[str] = frozenset({"nvidia-h100"})
+
+#: Size of the report-data field every supported CPU TEE signs (SGX, TDX, SNP).
 REPORT_DATA_SIZE = 64
+
+#: Size of the SPDM requester nonce a GPU verdict carries as its report data.
+GPU_NONCE_SIZE = 32
 
 #: TCB statuses Intel's TCB info can assign to a platform (Intel PCS API v4 spec).
 INTEL_TCB_STATUSES: tuple[str, ...] = (
@@ -161,6 +171,10 @@ class TcbError(AttestationError):
     """The platform or QE TCB cannot be appraised (no matching TCB level, mismatch)."""
 
 
+class NonceMismatchError(AttestationError):
+    """Signed evidence does not carry the relying party's fresh nonce (stale or replayed)."""
+
+
 class PolicyRejected(AttestationError):  # noqa: N818 (name fixed by the island contract)
     """Verified evidence is refused by the relying party's policy; ``rule`` names it."""
 
@@ -188,6 +202,10 @@ class Verdict:
     reported TCB that matched the VCEK (``"bootloader=2 tee=0 snp=5
     microcode=68"``; the numbers are also in ``svn``); the simulated backend
     chooses its own label (policies ignore it: ``allow_simulated`` decides).
+    GPU verdicts (``tee = "nvidia-h100"``) carry the 32-byte SPDM requester
+    nonce as ``report_data``, one measurement per SPDM block index (key =
+    the index as three decimal digits, ``"001"``…) and ``tcb_status =
+    "not-appraised"`` (RIM appraisal needs NVIDIA's services).
     ``details`` holds the verifier's supporting facts (FMSPC, QE status,
     certificate subjects,
     raw attributes) for audit logs; policy decisions use the typed fields.
@@ -208,8 +226,9 @@ class Verdict:
     def __post_init__(self) -> None:
         if self.tee not in TEE_TYPES:
             raise ValueError(f"unknown TEE type {self.tee!r}")
-        if len(self.report_data) != REPORT_DATA_SIZE:
-            raise ValueError(f"report_data must be {REPORT_DATA_SIZE} bytes")
+        size = GPU_NONCE_SIZE if self.tee in GPU_TEE_TYPES else REPORT_DATA_SIZE
+        if len(self.report_data) != size:
+            raise ValueError(f"report_data must be {size} bytes for {self.tee} evidence")
         if self.simulated != (self.tee == "simulated"):
             raise ValueError("simulated must be True exactly when tee == 'simulated'")
         for key, value in self.measurements.items():
