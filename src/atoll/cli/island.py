@@ -114,8 +114,13 @@ def serve(
                 f"backend {backend!r} is not available here; real SGX/TDX/SEV-SNP runs need the "
                 "hardware (see deploy/gramine/ and docs/island.md)"
             )
-        config = {"backend": "simulated", "config_tag": config_tag, "format": 1}
-        island = Island(workdir, backend=SimulatedBackend(config), temp_root=temp_dir)
+        from atoll.service.island_local import simulated_island_config
+
+        island = Island(
+            workdir,
+            backend=SimulatedBackend(simulated_island_config(config_tag)),
+            temp_root=temp_dir,
+        )
         if policy is not None:
             rules = load_policy(policy)
             allowed = rules.measurements.get("measurement", frozenset())
@@ -163,8 +168,9 @@ def measure(
 ) -> None:
     """Recompute the simulated island's measurement from your own copy of the code (to pin it)."""
     from atoll.island.evidence.simulated import SimulatedBackend
+    from atoll.service.island_local import simulated_island_config
 
-    backend = SimulatedBackend({"backend": "simulated", "config_tag": config_tag, "format": 1})
+    backend = SimulatedBackend(simulated_island_config(config_tag))
     out_console.print_json(
         json.dumps(
             {
