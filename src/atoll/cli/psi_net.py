@@ -42,6 +42,15 @@ _MaxOpt = Annotated[
         "--max-message-mb", min=1, max=2048, help="Cap on one round's body, MiB (both sides)."
     ),
 ]
+_TokenFileOpt = Annotated[
+    Path | None, typer.Option(help="Our bearer token file (default: <certs>/<name>/token).")
+]
+_StateDirOpt = Annotated[
+    Path | None, typer.Option(help="Resume journal directory (default: <out>.state).")
+]
+_FreshOpt = Annotated[bool, typer.Option(help="Discard an existing resume journal.")]
+_WorkersOpt = Annotated[int, typer.Option(min=1, max=64, help="Buckets in flight.")]
+_NameOpt = Annotated[str, typer.Option(help="This party's name in --certs.")]
 
 
 def _tls(certs: Path, name: str, cert: Path | None, key: Path | None, ca: Path | None, *,
@@ -197,18 +206,14 @@ def join(
     reveal: Annotated[str, typer.Option(help="receiver or both (both sides).")] = "receiver",
     cardinality_only: Annotated[bool, typer.Option(help="Only the count (both sides).")] = False,
     certs: _CertsOpt = Path("certs"),
-    name: Annotated[str, typer.Option(help="This party's name in --certs.")] = "brand",
+    name: _NameOpt = "brand",
     cert: _CertOpt = None,
     key: _KeyOpt = None,
     ca: _CaOpt = None,
-    token_file: Annotated[
-        Path | None, typer.Option(help="Our bearer token file (default: <certs>/<name>/token).")
-    ] = None,
-    state_dir: Annotated[
-        Path | None, typer.Option(help="Resume journal directory (default: <out>.state).")
-    ] = None,
-    fresh: Annotated[bool, typer.Option(help="Discard an existing resume journal.")] = False,
-    workers: Annotated[int, typer.Option(min=1, max=64, help="Buckets in flight.")] = 2,
+    token_file: _TokenFileOpt = None,
+    state_dir: _StateDirOpt = None,
+    fresh: _FreshOpt = False,
+    workers: _WorkersOpt = 2,
     max_message_mb: _MaxOpt = 64,
 ) -> None:
     """Join a serving node as the PSI receiver; resumes an interrupted run from --state-dir."""
@@ -328,18 +333,14 @@ def sum_join(
     buckets: Annotated[int, typer.Option(min=1, max=65536, help="Buckets (both sides).")] = 8,
     decimals: Annotated[int, typer.Option(min=0, max=6, help="Decimal places of values.")] = 2,
     certs: _CertsOpt = Path("certs"),
-    name: Annotated[str, typer.Option(help="This party's name in --certs.")] = "brand",
+    name: _NameOpt = "brand",
     cert: _CertOpt = None,
     key: _KeyOpt = None,
     ca: _CaOpt = None,
-    token_file: Annotated[
-        Path | None, typer.Option(help="Our bearer token file (default: <certs>/<name>/token).")
-    ] = None,
-    state_dir: Annotated[
-        Path | None, typer.Option(help="Resume journal directory (default: <out>.state).")
-    ] = None,
-    fresh: Annotated[bool, typer.Option(help="Discard an existing resume journal.")] = False,
-    workers: Annotated[int, typer.Option(min=1, max=64, help="Buckets in flight.")] = 2,
+    token_file: _TokenFileOpt = None,
+    state_dir: _StateDirOpt = None,
+    fresh: _FreshOpt = False,
+    workers: _WorkersOpt = 2,
     max_message_mb: _MaxOpt = 64,
 ) -> None:
     """Join as the values side of an intersection-sum (e.g. the brand's order amounts)."""
