@@ -34,8 +34,12 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy
 
+# Tests that start a real Ray instance run in a pytest process of their own, so that
+# a crash of Ray's driver cannot take the rest of the suite's report with it.
 pytest: $(VENV)/.installed-dev
-	$(VENV)/bin/pytest -q
+	@$(VENV)/bin/python -m pip list --format=freeze 2>/dev/null | grep -iE '^(ray|pyarrow|duckdb|numpy|cryptography|lightgbm|hypothesis|pytest)==' | tr '\n' ' '; echo
+	$(VENV)/bin/pytest -q -m "not ray"
+	$(VENV)/bin/pytest -q -m ray
 
 test: lint typecheck pytest
 

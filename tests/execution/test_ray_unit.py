@@ -14,6 +14,7 @@ import sys
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
@@ -38,6 +39,7 @@ class FakeRemote:
         self._fn = fn
 
     def remote(self, task: Ref, start: int, items: list[Any]) -> Ref:
+        self._ray.calls.append(("remote", start))
         if self._ray.fail_get:
             return Ref(RuntimeError("worker died"))
         return Ref(self._fn(task.value, start, items))
@@ -134,7 +136,7 @@ def test_existing_session_is_used_and_left_running(fake_ray: FakeRay) -> None:
     fake_ray.initialized = True
     with RayExecutor() as executor:
         assert executor.map(_tasks.square, [5]) == [25]
-    assert [name for name, _ in fake_ray.calls] == []
+    assert [name for name, _ in fake_ray.calls if name != "remote"] == []
     assert fake_ray.initialized
 
 
@@ -178,6 +180,16 @@ def test_chunks_are_sized_by_cluster_cpus(fake_ray: FakeRay) -> None:
         executor.map(_tasks.square, range(24), progress=lambda d, t: calls.append((d, t)))
     # 3 CPUs -> about four chunks per CPU -> chunks of 2 items.
     assert [d for d, _ in calls] == list(range(0, 25, 2))
+
+
+def test_after_a_failure_no_chunk_is_submitted_and_none_is_cancelled(fake_ray: FakeRay) -> None:
+    # ray.cancel racing a task's completion can end the driver process (Ray's
+    # task manager checks): chunks in flight are left to finish instead.
+    with RayExecutor(num_cpus=2) as executor, pytest.raises(ExecutionError, match=r"items\[0\]"):
+        executor.map(partial(_tasks.fail_if, bad=frozenset({0})), range(30))
+    submitted = [start for name, start in fake_ray.calls if name == "remote"]
+    assert submitted == [0, 3, 6, 9, 12, 15]  # one window of 2 x 3 CPUs, then nothing
+    assert not [call for call in fake_ray.calls if call[0] == "cancel"]
 
 
 def test_unstarted_executor_repr_and_validation() -> None:

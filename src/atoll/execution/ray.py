@@ -24,7 +24,6 @@ computations naturally are. Exceptions raised *by* the task are not retried.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Collection, Mapping
 from types import ModuleType
@@ -180,9 +179,13 @@ class RayExecutor(PooledExecutor[Any]):
         return result
 
     def _cancel(self, handles: Collection[Any]) -> None:
-        ray = self._ray
-        if ray is None:
-            return  # shut down already: nothing left to cancel
-        for handle in handles:
-            with contextlib.suppress(Exception):  # best effort: it may have finished
-                ray.cancel(handle)
+        """Drop chunks that are no longer needed, without ``ray.cancel``.
+
+        Cancelling a task while it completes races inside Ray's driver (see
+        ray-project/ray#54116 and #54798: ``RAY_CHECK`` failures in the task
+        manager, which end the driver process with no Python traceback). At
+        most ``max_in_flight`` chunks are in flight, so they are left to
+        finish, as the process pool does with running tasks; their results
+        are released with the references.
+        """
+        del handles
