@@ -239,7 +239,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=5_000_000, help="exposure events")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--buckets", type=int, default=4)
+    parser.add_argument("--buckets", type=int, default=8, help="identity buckets (library default)")
     parser.add_argument("--no-pandas", action="store_true", help="skip the pandas baseline")
     parser.add_argument("--data", type=Path, help="keep (and reuse) the generated data here")
     parser.add_argument("--repeat", type=int, default=1, help="best of N runs per method")

@@ -438,7 +438,38 @@ def prepare(
     ex_source = _exposure_source(exposures, window.timezone)
     ex_name = str(exposures) if not isinstance(exposures, pa.Table) else "exposures"
     or_name = str(orders) if not isinstance(orders, pa.Table) else "orders"
-    order_table = _order_table(orders, or_name, window.timezone)
+    order_table = _order_table(orders, or_name, window.timezone)  # a bad file fails fast
+    # Resolving orders to person keys does not depend on the exposure log: it
+    # runs in a thread while the log is scanned.
+    with ThreadPoolExecutor(max_workers=1) as side:
+        order_keys = side.submit(_order_person_keys, order_table, graph, source=or_name)
+        return _prepare(
+            ex_source,
+            ex_name,
+            order_table,
+            order_keys,
+            or_name,
+            window,
+            graph,
+            target_audience,
+            exclude_event_ids,
+            event_filter,
+        )
+
+
+def _prepare(
+    ex_source: pa.Table | Path,
+    ex_name: str,
+    order_table: pa.Table,
+    order_keys: Future[pa.Array],
+    or_name: str,
+    window: CampaignWindow,
+    graph: IdGraph | None,
+    target_audience: TargetAudience | None,
+    exclude_event_ids: pa.Array | pa.ChunkedArray | None,
+    event_filter: Callable[[pa.Table], pa.Table] | None,
+) -> Prepared:
+    """:func:`prepare` once the order table is read and its person keys are being resolved."""
     event_counts: dict[str, int] = {}
     if event_filter is not None:
         if isinstance(ex_source, Path):
@@ -458,14 +489,13 @@ def prepare(
     keys = _PersonKeys()
     device_keys = _device_person_keys(devices, graph)
     dev_offset = keys.add(device_keys)
-    order_keys = _order_person_keys(order_table, graph, source=or_name)
-    order_offset = keys.add(order_keys)
+    order_offset = keys.add(order_keys.result())
     ta_offset = -1
     ta_counts: dict[str, int] = {}
     if target_audience is not None:
         ta_keys, ta_counts = _ta_person_keys(target_audience, graph)
         ta_offset = keys.add(ta_keys)
-    del device_keys, order_keys
+    del device_keys
     codes, n_persons = keys.codes()
     del keys
     device_codes = np.append(codes[dev_offset : dev_offset + len(devices)], -1)
@@ -527,6 +557,12 @@ _BATCH_ROWS = 1 << 20
 #: flight (two groups of raw batches: ~40 bytes a row).
 _GROUP_ROWS = 1 << 22
 _THREADS = max(1, min(4, os.cpu_count() or 1))
+#: Groups being encoded while the next one is read. The reader's decoding runs
+#: on Arrow's own threads, so encoding on every thread too keeps the cores busy
+#: (measured on 2 cores: reading then waiting for the one group in flight left
+#: one core idle half the time).
+_ENCODING = _THREADS
+_SPLIT = 2
 #: Group dictionary entries that may wait before they are merged (see ``_EventScan._collect``).
 _MERGE_FLOOR = 1 << 22
 _EVENT_COLUMNS = ("event_id", "event_time", "event_type", "channel", "device_id")
@@ -755,11 +791,11 @@ class _EventScan:
     def add_all(self, rows: int, batches: Iterator[pa.RecordBatch]) -> None:
         """Encode every batch, ``rows / _THREADS`` rows (bounded) per group.
 
-        While the next group is read, at most ``_THREADS - 1`` groups are
-        being encoded (the reader keeps a core busy too), so memory holds at
-        most ``_THREADS`` groups of raw batches besides the encoded arrays.
+        While the next group is read, at most ``_ENCODING`` groups are being
+        encoded, so memory holds at most ``_ENCODING + 1`` groups of raw
+        batches besides the encoded arrays.
         """
-        group_rows = min(max(-(-rows // _THREADS), _BATCH_ROWS), _GROUP_ROWS)
+        group_rows = min(max(-(-rows // (_THREADS * _SPLIT)), _BATCH_ROWS), _GROUP_ROWS)
         with ThreadPoolExecutor(max_workers=_THREADS) as pool:
             pending: deque[Future[_Group]] = deque()
             buffer: list[pa.RecordBatch] = []
@@ -776,7 +812,7 @@ class _EventScan:
                         )
                     )
                     buffer, held = [], 0
-                    while len(pending) >= max(1, _THREADS - 1):
+                    while len(pending) >= _ENCODING:
                         self._collect(pending.popleft().result())
             if buffer:
                 pending.append(
