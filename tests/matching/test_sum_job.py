@@ -108,3 +108,24 @@ def test_property_equals_plain_sum(rows: list[tuple[int, Decimal]], ids: list[in
     assert mine.cardinality == len({i for i, _ in rows if i in wanted})
     expected = sum((v for i, v in rows if i in wanted), Decimal(0))
     assert Decimal(mine.to_dict()["sums"]["amount"]) == expected
+
+
+def test_buckets_are_never_decrypted_alone() -> None:
+    # Eight buckets for four members: decrypting per bucket would hand both
+    # parties single members' spend. The job decrypts the total only.
+    events: list[tuple[str, dict[str, Any]]] = []
+    o = SumOptions(buckets=8)
+    a = sum_party(ORDERS, "phone", role="values", value_columns="amount", options=o)
+    b = sum_party(EXPOSED, "phone", role="ids", options=o)
+    mine, theirs = run_local(a, b, audit=lambda e, f: events.append((e, f)))
+    stages = [f for e, f in events if e == "stage"]
+    assert [s["stage"] for s in stages] == [0, 1]
+    # After the bucket runs the values party knows no intersection size at all...
+    assert stages[0]["values"]["matched_ids"] is None
+    assert stages[0]["ids"]["matched_ids"] == 2
+    # ...and after the total, both know the total (and nothing per bucket).
+    assert stages[1]["values"]["matched_ids"] == stages[1]["ids"]["matched_ids"] == 2
+    assert mine.to_dict()["sums"] == theirs.to_dict()["sums"] == {"amount": "11.25"}
+    assert mine.stage.buckets == 8
+    assert mine.stage.bytes_sent > 0
+    assert theirs.stage.bytes_received == mine.stage.bytes_sent

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atoll.crypto.elgamal import (
+    ElGamalKey,
     add_rows,
     decode_small,
     decrypt_row,
@@ -15,12 +18,18 @@ from atoll.crypto.elgamal import (
     rerandomize,
 )
 from atoll.crypto.group import base_mul, scalar_from_int
-from atoll.errors import CryptoError, LocalProtocolError, RemoteProtocolError
+from atoll.errors import ConfigError, CryptoError, LocalProtocolError, RemoteProtocolError
 from atoll.protocols.intersection_sum import (
     SumEncrypted,
+    SumHello,
     SumIdsParty,
     SumParams,
+    SumPartial,
     SumReply,
+    SumResult,
+    SumTotal,
+    SumTotalIdsParty,
+    SumTotalValuesParty,
     SumValuesParty,
 )
 from atoll.protocols.messages import decode, encode
@@ -113,3 +122,154 @@ def test_hostile_ids_party_and_values_party() -> None:
             SumIdsParty(X, params=SumParams(columns=2)),
             SumValuesParty(W, [[1]] * len(W), max_sum=100),
         )
+
+
+# -- deferred runs and the total (what a bucketed job does) -------------------
+
+DEFERRED = SumParams(columns=2, deferred=True)
+
+
+def _deferred_runs(
+    runs: list[tuple[list[bytes], list[bytes], list[list[int]]]],
+    keys: list[ElGamalKey],
+    params: SumParams = DEFERRED,
+) -> tuple[list[SumPartial], list[SumPartial], list[str]]:
+    """Run each ``(ids, items, values)`` deferred; the partials and every message type sent."""
+    ids_parts, values_parts, sent = [], [], []
+    for k, (ids, items, values) in enumerate(runs):
+        ctx = f"run/{k}".encode()
+
+        def tap(who: str, data: bytes) -> bytes:
+            sent.append(type(decode(data)).__name__)
+            return data
+
+        run = run_pair(
+            SumIdsParty(ids, params=params, context=ctx),
+            SumValuesParty(items, values, params=params, context=ctx, keys=keys),
+            tap=tap,
+        )
+        ids_parts.append(run.a_result)
+        values_parts.append(run.b_result)
+    return ids_parts, values_parts, sent
+
+
+def _total(
+    ids_parts: list[SumPartial], values_parts: list[SumPartial], keys: list[ElGamalKey]
+) -> tuple[SumResult, SumResult]:
+    own = sum(p.peer_size for p in ids_parts)
+    run = run_pair(
+        SumTotalIdsParty(ids_parts, params=DEFERRED, context=b"total"),
+        SumTotalValuesParty(
+            keys, values_parts, own_items=own, params=DEFERRED, context=b"total", max_sum=10_000
+        ),
+    )
+    return run.a_result, run.b_result
+
+
+def test_deferred_runs_reveal_only_the_total() -> None:
+    keys = [keygen(), keygen()]
+    # The same sets as the one-run test, split into three runs by a toy "bucket".
+    runs = []
+    for b in range(3):
+        ids = [x for x in X if x[-1] % 3 == b]
+        pairs = [(w, v) for w, v in zip(W, VALUES, strict=True) if w[-1] % 3 == b]
+        runs.append((ids, [w for w, _ in pairs], [v for _, v in pairs]))
+    ids_parts, values_parts, sent = _deferred_runs(runs, keys)
+    # No run's sum travels, encrypted or not: only hello, blinded ids and the reply.
+    assert set(sent) == {"SumHello", "SumBlinded", "SumReply"}
+    # The values party is told nothing about any run's intersection.
+    assert all(p.cardinality is None and p.row == b"" for p in values_parts)
+    a, b = _total(ids_parts, values_parts, keys)
+    n, sums = _expected()
+    assert (a.cardinality, a.sums) == (b.cardinality, b.sums) == (n, sums)
+    assert a.peer_size == len(W)
+    assert b.peer_size == len(X)
+    # The ids party knows its own matches per run (it did the matching), no sums.
+    assert sum(int(p.cardinality or 0) for p in ids_parts) == n
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    st.lists(st.text(max_size=5), max_size=12, unique=True),
+    st.lists(
+        st.tuples(st.text(max_size=5), st.integers(0, 300)), max_size=12, unique_by=lambda t: t[0]
+    ),
+    st.integers(1, 4),
+)
+def test_property_deferred_total_equals_plain_sum(
+    x: list[str], w: list[tuple[str, int]], buckets: int
+) -> None:
+    def bucket(v: str) -> int:
+        return len(v) % buckets
+
+    keys = [keygen(), keygen()]
+    runs = [
+        (
+            [v.encode() for v in x if bucket(v) == b],
+            [k.encode() for k, _ in w if bucket(k) == b],
+            [[v, 2 * v] for k, v in w if bucket(k) == b],
+        )
+        for b in range(buckets)
+    ]
+    ids_parts, values_parts, _ = _deferred_runs(runs, keys)
+    a, b = _total(ids_parts, values_parts, keys)
+    xs = set(x)
+    plain = sum(v for k, v in w if k in xs)
+    assert a.cardinality == b.cardinality == sum(1 for k, _ in w if k in xs)
+    assert a.sums == b.sums == (plain, 2 * plain)
+
+
+def test_deferred_runs_refuse_what_would_leak_or_spoil_the_total() -> None:
+    keys = [keygen(), keygen()]
+    with pytest.raises(ConfigError, match="need the job's keys"):
+        SumValuesParty(W, VALUES, params=DEFERRED)
+    runs = [(X[:20], W[:20], VALUES[:20]), (X[20:], W[20:], VALUES[20:])]
+    ids_parts, values_parts, _ = _deferred_runs(runs, keys)
+    # A values party that switches keys between runs.
+    _, other, _ = _deferred_runs(runs[1:], [keygen(), keygen()])
+    swapped = [ids_parts[0], replace(ids_parts[1], publics=other[0].publics)]
+    with pytest.raises(RemoteProtocolError, match="different keys"):
+        _total(swapped, values_parts, keys)
+
+    # An ids party that claims more matches than either side has items.
+    def overclaim(who: str, data: bytes) -> bytes:
+        msg = decode(data)
+        return encode(replace(msg, cardinality=10_000)) if isinstance(msg, SumTotal) else data
+
+    own = sum(p.peer_size for p in ids_parts)
+    values = SumTotalValuesParty(
+        keys, values_parts, own_items=own, params=DEFERRED, context=b"t", max_sum=10_000
+    )
+    with pytest.raises(RemoteProtocolError, match="exceeds"):
+        run_pair(SumTotalIdsParty(ids_parts, params=DEFERRED, context=b"t"), values, tap=overclaim)
+
+    # A total over fewer runs than were run, or for another job (context).
+    for ids_side, ctx, match in [
+        (ids_parts[:1], b"t", "covers 1 runs, we ran 2"),
+        (ids_parts, b"other", "context mismatch"),
+    ]:
+        values = SumTotalValuesParty(
+            keys, values_parts, own_items=own, params=DEFERRED, context=b"t", max_sum=10_000
+        )
+        with pytest.raises(RemoteProtocolError, match=match):
+            run_pair(SumTotalIdsParty(ids_side, params=DEFERRED, context=ctx), values)
+
+    # Deferred and one-run parties do not talk to each other.
+    with pytest.raises(RemoteProtocolError, match="parameter mismatch"):
+        run_pair(
+            SumIdsParty(X, params=SumParams(columns=2)),
+            SumValuesParty(W, VALUES, params=DEFERRED, keys=keys),
+        )
+
+
+def test_wire_formats_start_with_the_version() -> None:
+    total = SumTotal(b"ctx", 3, 7, b"\x01" * 64)
+    assert decode(encode(total)) == total
+    hello = SumHello(DEFERRED, b"ctx", 5)
+    assert decode(encode(hello)) == hello
+    for msg in (total, hello):
+        data = bytearray(encode(msg))
+        body = data.index(bytes([2]), 2)  # the version byte opens the body
+        data[body] = 1
+        with pytest.raises(RemoteProtocolError, match="version 1, we speak 2"):
+            decode(bytes(data))

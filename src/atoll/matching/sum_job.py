@@ -13,13 +13,22 @@ that share an identifier are added up first (a member with three orders
 contributes all three once matched). Each bucket's sum is decoded within the
 values party's own total for that bucket, so no decoding range needs
 configuring.
+
+The per-bucket runs are *deferred* (``SumParams(deferred=True)``): no bucket
+is decrypted on its own, which would give both parties one partial sum per
+bucket -- with small buckets, single members' values. The values party
+encrypts every bucket under one set of job keys; after the last bucket, a
+second stage with a single run adds every bucket's matched ciphertexts
+(the ids party), decrypts the total once (the values party) and tells both.
+The values party learns only the total intersection size and sums; the ids
+party also knows how many of its own identifiers matched per bucket.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -28,7 +37,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from atoll.crypto import Rng, sha256_hex
-from atoll.crypto.elgamal import MAX_PLAINTEXT
+from atoll.crypto.elgamal import MAX_PLAINTEXT, ElGamalKey, keygen
 from atoll.errors import (
     ConfigError,
     InputError,
@@ -46,7 +55,10 @@ from atoll.protocols.intersection_sum import (
     SUM_VERSION,
     SumIdsParty,
     SumParams,
+    SumPartial,
     SumResult,
+    SumTotalIdsParty,
+    SumTotalValuesParty,
     SumValuesParty,
 )
 
@@ -182,22 +194,22 @@ class SumJobOutcome:
 
 
 class SumSession(PartySession):
-    """The single stage of an intersection-sum job."""
+    """Stage 0 of an intersection-sum job: one deferred run per bucket."""
 
     def __init__(self, job: SumPartyJob, prepared: PreparedIds, values: IntArray | None) -> None:
         self.role = job.role
         self.stage = 0
         self._job = job
         self.prepared = prepared
-        self._values = values  # (unique, columns) in bucket order, values party only
-        self._results: dict[int, SumResult] = {}
+        self.values = values  # (unique, columns) in bucket order, values party only
+        self.partials: dict[int, SumPartial] = {}
         self._traffic = Traffic()
         self._started = time.perf_counter()
         self.report: StageReport | None = None
 
     def params(self) -> dict[str, Any]:
         """Job params plus stage and kind."""
-        return {**self._job.params(), "stage": 0, "id_kind": self.prepared.kind.label}
+        return {**self._job.params(), "stage": self.stage, "id_kind": self.prepared.kind.label}
 
     def buckets(self) -> list[int]:
         """All buckets."""
@@ -205,7 +217,7 @@ class SumSession(PartySession):
 
     def pending(self) -> list[int]:
         """Buckets not yet accepted."""
-        return [b for b in self.buckets() if b not in self._results]
+        return [b for b in self.buckets() if b not in self.partials]
 
     def machine(self, bucket: int) -> Machine[Any]:
         """A fresh machine for ``bucket``."""
@@ -214,37 +226,27 @@ class SumSession(PartySession):
         job = self._job
         items = self.prepared.bucket_items(bucket)
         ctx = f"atoll-sum/0/{self.prepared.kind.label}/{bucket}".encode()
-        params = SumParams(self.prepared.kind.label, len(job.value_columns))
+        params = job.sum_params(self.prepared.kind.label)
         if self.role == "ids":
             return SumIdsParty(items, params=params, context=ctx, rng=job.rng)
-        assert self._values is not None
+        assert self.values is not None
         start, end = self.prepared.bucket_range(bucket)
-        block = self._values[start:end]
+        block = self.values[start:end]
         rows = [[int(v) for v in row] for row in block.tolist()]
-        max_sum = int(block.sum(axis=0).max()) if len(block) else 0
-        return SumValuesParty(
-            items,
-            rows,
-            params=params,
-            context=ctx,
-            max_sum=min(max_sum, MAX_PLAINTEXT),
-            rng=job.rng,
-        )
+        return SumValuesParty(items, rows, params=params, context=ctx, keys=job.keys, rng=job.rng)
 
     def accept(self, bucket: int, result: Any, traffic: Traffic | None = None) -> None:
-        """Record one bucket's sums (once)."""
-        if bucket in self._results or not 0 <= bucket < self.prepared.buckets:
+        """Record one bucket's partial (once)."""
+        if bucket in self.partials or not 0 <= bucket < self.prepared.buckets:
             raise LocalProtocolError(f"bucket {bucket} accepted twice or out of range")
-        if not isinstance(result, SumResult):
+        if not isinstance(result, SumPartial):
             raise LocalProtocolError(f"bucket {bucket}: unexpected result {type(result).__name__}")
-        if len(result.sums) != len(self._job.value_columns):
-            raise RemoteProtocolError(f"bucket {bucket}: wrong number of sums")
-        self._results[bucket] = result
+        self.partials[bucket] = result
         if traffic is not None:
             self._traffic = self._traffic + traffic
 
     def finish(self) -> StageReport:
-        """Check completeness and build the stage report."""
+        """Check completeness and build the stage report (totals come with the next stage)."""
         if self.report is not None:
             return self.report
         missing = self.pending()
@@ -254,11 +256,9 @@ class SumSession(PartySession):
                 "refusing a partial sum"
             )
         p = self.prepared
-        self.cardinality = sum(r.cardinality for r in self._results.values())
-        self.sums = [
-            sum(r.sums[k] for r in self._results.values())
-            for k in range(len(self._job.value_columns))
-        ]
+        matched = None
+        if self.role == "ids":
+            matched = sum(int(r.cardinality or 0) for r in self.partials.values())
         self.report = StageReport(
             column=p.column,
             kind=p.kind.label,
@@ -267,13 +267,96 @@ class SumSession(PartySession):
             invalid=p.report,
             duplicates=p.duplicates,
             unique=p.unique,
-            peer_unique=sum(r.peer_size for r in self._results.values()),
-            matched_ids=self.cardinality,
+            peer_unique=sum(r.peer_size for r in self.partials.values()),
+            matched_ids=matched,
             matched_rows=None,
             bytes_sent=self._traffic.bytes_sent,
             bytes_received=self._traffic.bytes_received,
             buckets=p.buckets,
             seconds=time.perf_counter() - self._started,
+        )
+        return self.report
+
+
+class SumTotalSession(PartySession):
+    """Stage 1: one run that adds up every bucket and decrypts the total once."""
+
+    def __init__(self, job: SumPartyJob, runs: SumSession) -> None:
+        self.role = job.role
+        self.stage = 1
+        self._job = job
+        self._runs = runs
+        self.result: SumResult | None = None
+        self._traffic = Traffic()
+        self._started = time.perf_counter()
+        self.report: StageReport | None = None
+
+    def params(self) -> dict[str, Any]:
+        """Job params plus stage and kind."""
+        return {
+            **self._job.params(),
+            "stage": self.stage,
+            "id_kind": self._runs.prepared.kind.label,
+        }
+
+    def buckets(self) -> list[int]:
+        """The single run."""
+        return [0]
+
+    def pending(self) -> list[int]:
+        """``[0]`` until the total is accepted."""
+        return [] if self.result is not None else [0]
+
+    def machine(self, bucket: int) -> Machine[Any]:
+        """A fresh machine for the total."""
+        if bucket != 0:
+            raise LocalProtocolError(f"no bucket {bucket} in the total stage")
+        job, runs = self._job, self._runs
+        kind = runs.prepared.kind.label
+        ctx = f"atoll-sum/1/{kind}/total".encode()
+        partials = [runs.partials[b] for b in runs.buckets()]
+        params = job.sum_params(kind)
+        if self.role == "ids":
+            return SumTotalIdsParty(partials, params=params, context=ctx, rng=job.rng)
+        values = runs.values
+        assert values is not None
+        assert job.keys is not None
+        # Decode within this party's own column totals: the sum cannot exceed them.
+        max_sum = int(values.sum(axis=0).max()) if len(values) else 0
+        return SumTotalValuesParty(
+            job.keys,
+            partials,
+            own_items=runs.prepared.unique,
+            params=params,
+            context=ctx,
+            max_sum=min(max_sum, MAX_PLAINTEXT),
+        )
+
+    def accept(self, bucket: int, result: Any, traffic: Traffic | None = None) -> None:
+        """Record the total (once)."""
+        if bucket != 0 or self.result is not None:
+            raise LocalProtocolError(f"total run {bucket} accepted twice or out of range")
+        if not isinstance(result, SumResult):
+            raise LocalProtocolError(f"total: unexpected result {type(result).__name__}")
+        if len(result.sums) != len(self._job.value_columns):
+            raise RemoteProtocolError("total: wrong number of sums")
+        self.result = result
+        if traffic is not None:
+            self._traffic = self._traffic + traffic
+
+    def finish(self) -> StageReport:
+        """The job's report: the bucket stage's, with the total and all traffic."""
+        if self.report is not None:
+            return self.report
+        if self.result is None:
+            raise LocalProtocolError("the total never finished; refusing a partial sum")
+        first = self._runs.finish()
+        self.report = replace(
+            first,
+            matched_ids=self.result.cardinality,
+            bytes_sent=first.bytes_sent + self._traffic.bytes_sent,
+            bytes_received=first.bytes_received + self._traffic.bytes_received,
+            seconds=first.seconds + time.perf_counter() - self._started,
         )
         return self.report
 
@@ -321,7 +404,8 @@ class SumPartyJob(PartyJob):
         self.bucket_fn = BucketFunction(options.buckets, options.bucket_salt)
         self._decimals = options.decimals
         self._agreed = False
-        self._session: SumSession | None = None
+        self._session: SumTotalSession | None = None
+        self.keys: list[ElGamalKey] | None = None
         self._started = time.perf_counter()
         self._amounts: IntArray | None = None
         if role == "values":
@@ -372,8 +456,12 @@ class SumPartyJob(PartyJob):
             self._decimals = dec
         self._agreed = True
 
-    def sessions(self) -> Iterator[SumSession]:
-        """The single stage."""
+    def sum_params(self, kind: str) -> SumParams:
+        """Protocol parameters of every run of this job (deferred: see the module docstring)."""
+        return SumParams(kind, len(self.value_columns), deferred=True)
+
+    def sessions(self) -> Iterator[PartySession]:
+        """The bucket runs, then the total."""
         if not self._agreed:
             raise LocalProtocolError("agree() with the peer's params before running sessions")
         prepared = prepare_ids(
@@ -385,18 +473,22 @@ class SumPartyJob(PartyJob):
             per_unique = np.zeros((prepared.unique, len(self.value_columns)), dtype=np.int64)
             np.add.at(per_unique, prepared.row_unique[valid_rows], self._amounts[valid_rows])
             values = per_unique
-        self._session = SumSession(self, prepared, values)
+            # One key per value column for every bucket, so the total can add them up.
+            self.keys = [keygen(rng=self.rng) for _ in self.value_columns]
+        runs = SumSession(self, prepared, values)
+        yield runs
+        self._session = SumTotalSession(self, runs)
         yield self._session
 
     def finish(self) -> SumJobOutcome:
         """The outcome, past the minimum-cardinality guard."""
         s = self._session
-        if s is None or s.report is None:
+        if s is None or s.report is None or s.result is None:
             raise LocalProtocolError("the job has not finished; refusing a partial result")
         outcome = SumJobOutcome(
             role=self.role,
-            cardinality=s.cardinality,
-            sums=dict(zip(self.value_columns, s.sums, strict=True)),
+            cardinality=s.result.cardinality,
+            sums=dict(zip(self.value_columns, s.result.sums, strict=True)),
             decimals=self._decimals,
             stage=s.report,
             params=self.params(),

@@ -23,10 +23,23 @@ I compares ``k1*(k2*H(w))`` with the doubly blinded set it got back (both
 shuffled: I learns only the count), adds the matched ciphertexts and
 re-randomizes the sum so V cannot tell which ciphertexts were chosen. V
 decodes each sum by baby-step giant-step within ``max_sum``.
+
+A bucketed job runs many such runs, and decrypting each one would hand both
+parties one partial sum per bucket (with small buckets, a single member's
+value). With ``SumParams(deferred=True)`` a run stops after ``SumReply``: I
+keeps the run's added ciphertexts (:class:`SumPartial`), V encrypts every run
+under the same job keys, and one final exchange decrypts the total::
+
+    I -> V  SumTotal(version, context, runs, sum of |X ∩ W|, rerandomized sum of all runs)
+    V -> I  SumOutcome(|X ∩ W|, decrypted sums)
+
+(:class:`SumTotalIdsParty`, :class:`SumTotalValuesParty`). V then learns only
+the totals; I also knows how many of its own items matched in each run.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Self
@@ -70,13 +83,19 @@ __all__ = [
     "SumIdsParty",
     "SumOutcome",
     "SumParams",
+    "SumPartial",
     "SumReply",
     "SumResult",
+    "SumTotal",
+    "SumTotalIdsParty",
+    "SumTotalValuesParty",
     "SumValuesParty",
 ]
 
-#: Version of the intersection-sum protocol.
-SUM_VERSION = 1
+#: Version of the intersection-sum protocol (2: deferred runs and ``SumTotal``).
+SUM_VERSION = 2
+#: Most runs one total may cover (a job's buckets).
+MAX_RUNS = 1 << 16
 #: Most value columns per run.
 MAX_COLUMNS = 64
 _DOMAIN = b"atoll/intersection-sum/v1"
@@ -91,10 +110,15 @@ def _peer_points(scalar: bytes, points: list[bytes], what: str) -> list[bytes]:
 
 @dataclass(frozen=True)
 class SumParams:
-    """What both roles agree on: ID kind and number of value columns."""
+    """What both roles agree on: ID kind, number of value columns, deferred decryption.
+
+    ``deferred``: the run ends after ``SumReply`` and its sums are decrypted
+    only as part of a :class:`SumTotal` over all runs of the job.
+    """
 
     kind: str = "opaque"
     columns: int = 1
+    deferred: bool = False
 
     def __post_init__(self) -> None:
         if not self.kind or len(self.kind.encode()) > 64:
@@ -117,6 +141,23 @@ class SumResult:
     peer_size: int
 
 
+@dataclass(frozen=True)
+class SumPartial:
+    """A deferred run's share of the total.
+
+    The ids party: ``cardinality`` (its matches in this run), ``row`` (the
+    sum of the matched ciphertext rows, not yet re-randomized) and
+    ``publics`` (the keys they are under). The values party: ``None``,
+    ``b""`` and its own public keys -- it is told nothing about the run's
+    intersection. ``peer_size``: the other party's item count in the run.
+    """
+
+    cardinality: int | None
+    row: bytes
+    publics: bytes
+    peer_size: int
+
+
 @register
 @dataclass(frozen=True)
 class SumHello(Message):
@@ -129,10 +170,11 @@ class SumHello(Message):
     version: int = SUM_VERSION
 
     def encode_body(self, w: Writer) -> None:
-        """Version, kind, columns, context, count."""
+        """Version, kind, columns, mode (0 decrypt this run, 1 deferred), context, count."""
         w.u8(self.version)
         w.text(self.params.kind)
         w.u16(self.params.columns)
+        w.u8(1 if self.params.deferred else 0)
         w.blob(self.context)
         w.u32(self.count)
 
@@ -140,12 +182,19 @@ class SumHello(Message):
     def decode_body(cls, r: Reader) -> Self:
         """Inverse of :meth:`encode_body`."""
         version = r.u8()
+        if version != SUM_VERSION:  # later fields may differ between versions
+            raise RemoteProtocolError(
+                f"intersection-sum: ids party speaks version {version}, we speak {SUM_VERSION}"
+            )
         kind = r.text(max_len=64)
         columns = r.u16()
+        mode = r.u8()
+        if mode > 1:
+            raise RemoteProtocolError(f"intersection-sum: unknown mode {mode}")
         context = r.blob(max_len=256)
         count = r.u32()
         try:
-            params = SumParams(kind, columns)
+            params = SumParams(kind, columns, deferred=mode == 1)
         except ConfigError as exc:
             raise RemoteProtocolError(f"intersection-sum: invalid parameters: {exc}") from exc
         return cls(params, context, count, version)
@@ -232,7 +281,7 @@ class SumOutcome(Message):
 
     def encode_body(self, w: Writer) -> None:
         """Count and sums (u64 each)."""
-        w.u32(self.cardinality)
+        w.u64(self.cardinality)
         w.u16(len(self.sums))
         for s in self.sums:
             w.u64(s)
@@ -240,14 +289,48 @@ class SumOutcome(Message):
     @classmethod
     def decode_body(cls, r: Reader) -> Self:
         """Inverse of :meth:`encode_body`."""
-        count = r.u32()
+        count = r.u64()
         n = r.u16()
         if n > MAX_COLUMNS:
             raise RemoteProtocolError(f"intersection-sum: {n} sums exceed {MAX_COLUMNS}")
         return cls(count, tuple(r.u64() for _ in range(n)))
 
 
-class SumIdsParty(Machine[SumResult]):
+@register
+@dataclass(frozen=True)
+class SumTotal(Message):
+    """Ids party's total over a job's deferred runs: matches and the re-randomized sum."""
+
+    TYPE = 0x0306
+    context: bytes
+    runs: int
+    cardinality: int
+    row: bytes
+    version: int = SUM_VERSION
+
+    def encode_body(self, w: Writer) -> None:
+        """Version, context, runs, count, the encrypted row."""
+        w.u8(self.version)
+        w.blob(self.context)
+        w.u32(self.runs)
+        w.u64(self.cardinality)
+        w.blob(self.row)
+
+    @classmethod
+    def decode_body(cls, r: Reader) -> Self:
+        """Inverse of :meth:`encode_body`."""
+        version = r.u8()
+        if version != SUM_VERSION:
+            raise RemoteProtocolError(
+                f"intersection-sum: ids party speaks version {version}, we speak {SUM_VERSION}"
+            )
+        context = r.blob(max_len=256)
+        runs = r.u32()
+        count = r.u64()
+        return cls(context, runs, count, r.blob(max_len=row_size(MAX_COLUMNS)), version)
+
+
+class SumIdsParty(Machine[SumResult | SumPartial]):
     """The party holding identifiers only: it matches and adds ciphertexts blindly."""
 
     protocol = "intersection-sum"
@@ -274,11 +357,12 @@ class SumIdsParty(Machine[SumResult]):
         self._sent: SumEncrypted | None = None
         self._peer_size = 0
         self._out: SumResult | None = None
+        self._partial: SumPartial | None = None
 
     @property
     def done(self) -> bool:
-        """True once the sums are known."""
-        return self._out is not None
+        """True once the sums are known (deferred: once the run's row is added up)."""
+        return self._out is not None or self._partial is not None
 
     def _on_start(self) -> list[Message]:
         p = self._params
@@ -294,6 +378,8 @@ class SumIdsParty(Machine[SumResult]):
             if not isinstance(msg, SumReply):
                 raise self._unexpected(msg, "SumReply")
             self._sent = self._add(msg)
+            if self._params.deferred:  # the row is kept for the total, never sent alone
+                return []
             return [self._sent]
         if not isinstance(msg, SumOutcome):
             raise self._unexpected(msg, "SumOutcome")
@@ -331,21 +417,29 @@ class SumIdsParty(Machine[SumResult]):
         hits = [j for j, point in enumerate(again) if point in mine]
         rows = [msg.ciphertexts[j * size : (j + 1) * size] for j in hits]
         try:
-            total = rerandomize(add_rows(rows, c), publics, rng=self._rng)
+            total = add_rows(rows, c)
+            if self._params.deferred:
+                self._partial = SumPartial(len(hits), total, msg.publics, len(theirs))
+                return SumEncrypted(len(hits), total)
+            total = rerandomize(total, publics, rng=self._rng)
         except CryptoError as exc:
             raise RemoteProtocolError(f"intersection-sum: bad ciphertext: {exc}") from exc
         return SumEncrypted(len(hits), total)
 
-    def _result(self) -> SumResult:
+    def _result(self) -> SumResult | SumPartial:
+        if self._partial is not None:
+            return self._partial
         assert self._out is not None
         return self._out
 
 
-class SumValuesParty(Machine[SumResult]):
+class SumValuesParty(Machine[SumResult | SumPartial]):
     """The party holding ``(identifier, values)``: it encrypts and finally decrypts the sums.
 
     ``values[i]`` holds one non-negative integer per value column for
     ``items[i]``; ``max_sum`` bounds each decrypted sum (decoding range).
+    ``keys``: one ElGamal key per value column, shared by every run of a job
+    (required when ``params.deferred``; otherwise fresh keys per run).
     """
 
     protocol = "intersection-sum"
@@ -358,10 +452,15 @@ class SumValuesParty(Machine[SumResult]):
         params: SumParams | None = None,
         context: bytes = b"",
         max_sum: int = 1 << 40,
+        keys: Sequence[ElGamalKey] | None = None,
         rng: Rng | None = None,
     ) -> None:
         super().__init__()
         self._params = params or SumParams()
+        if keys is not None and len(keys) != self._params.columns:
+            raise ConfigError(f"{len(keys)} keys for {self._params.columns} value columns")
+        if keys is None and self._params.deferred:
+            raise ConfigError("deferred runs need the job's keys (one per value column)")
         if len(items) != len(values):
             raise ConfigError(f"{len(items)} items but {len(values)} value rows")
         if len(items) > MAX_ITEMS:
@@ -376,15 +475,17 @@ class SumValuesParty(Machine[SumResult]):
         self._context = context
         self._max = max_sum
         self._rng = rng
+        self._given_keys = list(keys) if keys is not None else None
         self._keys: list[ElGamalKey] = []
         self._peer_count: int | None = None
         self._replied = False
         self._out: SumResult | None = None
+        self._partial: SumPartial | None = None
 
     @property
     def done(self) -> bool:
-        """True once the sums are decrypted and sent back."""
-        return self._out is not None
+        """True once the sums are decrypted and sent back (deferred: once replied)."""
+        return self._out is not None or self._partial is not None
 
     def _on_start(self) -> list[Message]:
         return []
@@ -399,7 +500,10 @@ class SumValuesParty(Machine[SumResult]):
         if not self._replied:
             if not isinstance(msg, SumBlinded):
                 raise self._unexpected(msg, "SumBlinded")
-            return [self._reply(msg, self._peer_count)]
+            reply = self._reply(msg, self._peer_count)
+            if self._params.deferred:
+                self._partial = SumPartial(None, b"", reply.publics, self._peer_count)
+            return [reply]
         if not isinstance(msg, SumEncrypted):
             raise self._unexpected(msg, "SumEncrypted")
         return [self._decrypt(msg, self._peer_count)]
@@ -432,7 +536,10 @@ class SumValuesParty(Machine[SumResult]):
         doubly = _peer_points(key, received, "ids party's set")
         perm = shuffle_order(len(doubly), self._rng)
         doubly = [doubly[i] for i in perm]
-        self._keys = [keygen(rng=self._rng) for _ in range(p.columns)]
+        if self._given_keys is not None:
+            self._keys = self._given_keys
+        else:
+            self._keys = [keygen(rng=self._rng) for _ in range(p.columns)]
         order = shuffle_order(len(self._items), self._rng)
         hashed = hash_to_group_many((self._items[i] for i in order), domain=p.domain)
         own = point_mul_many(key, hashed)
@@ -454,17 +561,166 @@ class SumValuesParty(Machine[SumResult]):
             raise RemoteProtocolError(
                 f"intersection-sum: claimed intersection {msg.cardinality} exceeds {count} items"
             )
-        if len(msg.row) != row_size(len(self._keys)):
-            raise RemoteProtocolError("intersection-sum: encrypted sum has the wrong size")
+        sums = _decrypt_sums(self._keys, msg.row, self._max)
+        self._out = SumResult(msg.cardinality, sums, count)
+        return SumOutcome(msg.cardinality, sums)
+
+    def _result(self) -> SumResult | SumPartial:
+        if self._partial is not None:
+            return self._partial
+        assert self._out is not None
+        return self._out
+
+
+def _decrypt_sums(keys: Sequence[ElGamalKey], row: bytes, max_sum: int) -> tuple[int, ...]:
+    if len(row) != row_size(len(keys)):
+        raise RemoteProtocolError("intersection-sum: encrypted sum has the wrong size")
+    try:
+        return tuple(decrypt_row(list(keys), row, max_sum))
+    except CryptoError as exc:
+        raise LocalProtocolError(
+            f"intersection-sum: a sum could not be decoded within 0..{max_sum} "
+            f"({exc}); raise the decoding range (max_sum)"
+        ) from exc
+
+
+class SumTotalIdsParty(Machine[SumResult]):
+    """The ids party's final run: adds every deferred run's row and asks for the total.
+
+    ``partials``: the :class:`SumPartial` of every run, from
+    :class:`SumIdsParty` with ``deferred`` params. Every run must have used
+    the same public keys (a values party that switched keys would only
+    spoil its own total, but it is refused as a protocol error).
+    """
+
+    protocol = "intersection-sum"
+
+    def __init__(
+        self,
+        partials: Sequence[SumPartial],
+        *,
+        params: SumParams | None = None,
+        context: bytes = b"",
+        rng: Rng | None = None,
+    ) -> None:
+        super().__init__()
+        self._params = params or SumParams(deferred=True)
+        if not partials or len(partials) > MAX_RUNS:
+            raise LocalProtocolError(f"a total covers 1..{MAX_RUNS} runs, got {len(partials)}")
+        if any(p.cardinality is None for p in partials):
+            raise LocalProtocolError("a total needs the ids party's partials")
+        if len(context) > 256:
+            raise ConfigError("context must be at most 256 bytes")
+        self._partials = list(partials)
+        self._context = context
+        self._rng = rng
+        self._sent: SumTotal | None = None
+        self._out: SumResult | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the total sums are known."""
+        return self._out is not None
+
+    def _on_start(self) -> list[Message]:
+        c = self._params.columns
+        publics = self._partials[0].publics
+        if any(not hmac.compare_digest(p.publics, publics) for p in self._partials):
+            raise RemoteProtocolError(
+                "intersection-sum: the values party used different keys in different runs"
+            )
         try:
-            sums = decrypt_row(self._keys, msg.row, self._max)
+            row = rerandomize(
+                add_rows([p.row for p in self._partials], c),
+                split(publics, POINT_SIZE),
+                rng=self._rng,
+            )
         except CryptoError as exc:
-            raise LocalProtocolError(
-                f"intersection-sum: a sum could not be decoded within 0..{self._max} "
-                f"({exc}); raise the decoding range (max_sum)"
-            ) from exc
-        self._out = SumResult(msg.cardinality, tuple(sums), count)
-        return SumOutcome(msg.cardinality, tuple(sums))
+            raise RemoteProtocolError(f"intersection-sum: bad ciphertext: {exc}") from exc
+        count = sum(int(p.cardinality or 0) for p in self._partials)
+        self._sent = SumTotal(self._context, len(self._partials), count, row)
+        return [self._sent]
+
+    def _on_receive(self, msg: Message) -> list[Message]:
+        if self._sent is None or not isinstance(msg, SumOutcome):
+            raise self._unexpected(msg, "SumOutcome")
+        if msg.cardinality != self._sent.cardinality or len(msg.sums) != self._params.columns:
+            raise RemoteProtocolError(
+                "intersection-sum: the values party's outcome does not match what we sent"
+            )
+        peer = sum(p.peer_size for p in self._partials)
+        self._out = SumResult(msg.cardinality, msg.sums, peer)
+        return []
+
+    def _result(self) -> SumResult:
+        assert self._out is not None
+        return self._out
+
+
+class SumTotalValuesParty(Machine[SumResult]):
+    """The values party's final run: decrypts the total once, for both parties.
+
+    ``keys``: the job keys every deferred run used; ``partials``: this
+    party's :class:`SumPartial` of every run (for the peer's item counts and
+    the number of runs); ``own_items``: its items over all runs; ``max_sum``
+    bounds each total (decoding range).
+    """
+
+    protocol = "intersection-sum"
+
+    def __init__(
+        self,
+        keys: Sequence[ElGamalKey],
+        partials: Sequence[SumPartial],
+        *,
+        own_items: int,
+        params: SumParams | None = None,
+        context: bytes = b"",
+        max_sum: int = 1 << 40,
+    ) -> None:
+        super().__init__()
+        self._params = params or SumParams(deferred=True)
+        if len(keys) != self._params.columns:
+            raise ConfigError(f"{len(keys)} keys for {self._params.columns} value columns")
+        if not partials or len(partials) > MAX_RUNS:
+            raise LocalProtocolError(f"a total covers 1..{MAX_RUNS} runs, got {len(partials)}")
+        if not isinstance(max_sum, int) or not 0 <= max_sum <= MAX_PLAINTEXT:
+            raise ConfigError(f"max_sum must be in 0..2**62, got {max_sum!r}")
+        self._keys = list(keys)
+        self._runs = len(partials)
+        self._peer = sum(p.peer_size for p in partials)
+        self._own = own_items
+        self._context = context
+        self._max = max_sum
+        self._out: SumResult | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the total is decrypted and sent back."""
+        return self._out is not None
+
+    def _on_start(self) -> list[Message]:
+        return []
+
+    def _on_receive(self, msg: Message) -> list[Message]:
+        if self._out is not None or not isinstance(msg, SumTotal):
+            raise self._unexpected(msg, "SumTotal")
+        if msg.context != self._context:
+            raise RemoteProtocolError(
+                f"intersection-sum: context mismatch: {msg.context!r} vs {self._context!r}"
+            )
+        if msg.runs != self._runs:
+            raise RemoteProtocolError(
+                f"intersection-sum: the total covers {msg.runs} runs, we ran {self._runs}"
+            )
+        if msg.cardinality > min(self._peer, self._own):
+            raise RemoteProtocolError(
+                f"intersection-sum: claimed intersection {msg.cardinality} exceeds "
+                f"{min(self._peer, self._own)} items"
+            )
+        sums = _decrypt_sums(self._keys, msg.row, self._max)
+        self._out = SumResult(msg.cardinality, sums, self._peer)
+        return [SumOutcome(msg.cardinality, sums)]
 
     def _result(self) -> SumResult:
         assert self._out is not None
