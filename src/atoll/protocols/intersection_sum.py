@@ -39,12 +39,11 @@ the totals; I also knows how many of its own items matched in each run.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Self
 
-from atoll.crypto import Rng
+from atoll.crypto import Rng, constant_time_equal
 from atoll.crypto.elgamal import (
     MAX_PLAINTEXT,
     ElGamalKey,
@@ -625,7 +624,7 @@ class SumTotalIdsParty(Machine[SumResult]):
     def _on_start(self) -> list[Message]:
         c = self._params.columns
         publics = self._partials[0].publics
-        if any(not hmac.compare_digest(p.publics, publics) for p in self._partials):
+        if any(not constant_time_equal(p.publics, publics) for p in self._partials):
             raise RemoteProtocolError(
                 "intersection-sum: the values party used different keys in different runs"
             )
