@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from atoll.cli.lookalike import _joint_job
 from atoll.ids.mapping import build_id_graph
+from atoll.island.lookalike_job import joint_job
 from atoll.models.joint import media_features
 from tests.models.conftest import Lookalike
 
@@ -60,7 +62,7 @@ def test_island_job_returns_guarded_aggregate_and_group_rows(lookalike_world: Lo
         params={"seed_column": "phone", "groups": [0.01, 0.05]},
         notes={},
     )
-    result = _joint_job(ctx)  # type: ignore[arg-type]
+    result = joint_job(ctx)  # type: ignore[arg-type]
     assert result.aggregate["group"].to_pylist() == ["group 1", "group 2"]
     assert result.counts == ("devices",)
     assert result.rows is not None
@@ -70,3 +72,17 @@ def test_island_job_returns_guarded_aggregate_and_group_rows(lookalike_world: Lo
         pc.fill_null(pc.is_in(universe["phone"], value_set=lookalike_world.buyer_phones), False)
     )["device_id"]
     assert not pc.any(pc.is_in(result.rows["device_id"], value_set=seed_devices)).as_py()
+
+
+def test_every_island_knows_the_joint_job_without_the_cli() -> None:
+    # An island started from a library call (not the CLI) must know the job,
+    # and an island that never trains must not pay LightGBM's import.
+    code = (
+        "import sys\n"
+        "from atoll.island.runner import computations\n"
+        "assert 'lightgbm' not in sys.modules\n"
+        "names = computations()\n"
+        "assert {'match', 'tag_augmentation', 'lookalike_joint'} <= set(names), names\n"
+        "assert not any(m.startswith('atoll.cli') for m in sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -7,17 +7,16 @@ contact sends delivery results back. Each command parses, calls
 importance via :mod:`atoll.ui`) and writes a model directory
 (:mod:`atoll.models.registry`).
 
-This module is also the one place (rank 9, allowed to import analytics and
-the island) that composes what the ``models`` layer may not import:
+This module also composes what the ``models`` layer may not import (it is
+rank 9, allowed to import analytics and the UI):
 
 * group personas — each scoring group profiled by
   :func:`atoll.analytics.persona.persona` through its output guard;
 * :func:`world_ladder` — the precision ladder of a synthetic world, with IVT
-  filtering (:mod:`atoll.analytics.ivt`) and LBS visits (:mod:`atoll.analytics.lbs`);
-* the island job ``lookalike_joint`` (:func:`_joint_job`), registered with
-  :func:`atoll.island.runner.register_computation`: media behaviour joined
-  to provider tags through the ID graph, trained inside the island, only
-  guarded group counts (and, where the contract allows, row-level scores) leave.
+  filtering (:mod:`atoll.analytics.ivt`) and LBS visits (:mod:`atoll.analytics.lbs`).
+
+The island job ``lookalike_joint`` lives in :mod:`atoll.island.lookalike_job`,
+so that every island knows it, not only one started from the CLI.
 """
 
 from __future__ import annotations
@@ -39,8 +38,6 @@ from atoll.data.datasets import MANIFEST_NAME, BucketedDataset
 from atoll.data.io import read_table
 from atoll.errors import AtollError, ConfigError, InputError, SchemaError
 from atoll.execution import make_executor
-from atoll.ids.normalize import IdKind, normalize_array
-from atoll.island.runner import ComputationResult, JobContext, register_computation
 from atoll.models.evaluation import Evaluation, evaluate_holdout
 from atoll.models.feedback import (
     append_outcomes,
@@ -48,7 +45,6 @@ from atoll.models.feedback import (
     read_results,
     retrain,
 )
-from atoll.models.joint import joint_lookalike
 from atoll.models.ladder import LadderStep, precision_ladder
 from atoll.models.lookalike import STRATEGIES, LookalikeModel
 from atoll.models.packages import DEFAULT_KINDS, parse_kinds
@@ -59,17 +55,16 @@ from atoll.models.registry import (
     save_model_dir,
 )
 from atoll.models.scoring import LIST_COLUMNS, GroupSpec, exclusions_table, score_universe
+from atoll.models.seeds import KNOWN_KINDS, match_seeds
 from atoll.privacy import Guard
 from atoll.ui import Bar, Page, hbar_chart, line_chart
 
-__all__ = ["app", "load_universe", "match_seeds", "train_model", "world_ladder"]
+__all__ = ["app", "load_universe", "train_model", "world_ladder"]
 
 app = typer.Typer(
     help="Lookalike TA scoring: train PU models on seeds, score groups, export packages, retrain.",
     no_args_is_help=True,
 )
-
-_KNOWN_KINDS = {"phone", "imei", "oaid", "idfa", "device_id", "member_id", "email", "android_id"}
 
 
 # --------------------------------------------------------------------------- loading
@@ -91,36 +86,6 @@ def load_universe(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
         types = {c: pa.list_(pa.string()) for c in LIST_COLUMNS if c in first.column_names}
         table = read_table(path, column_types=types) if types else first
     return table if columns is None else table.select(list(columns))
-
-
-def match_seeds(
-    universe: pa.Table,
-    seeds: pa.Array,
-    *,
-    universe_column: str,
-    kind: str | None,
-    source: str | None = None,
-) -> tuple[np.ndarray[Any, np.dtype[np.bool_]], pa.Array | None]:
-    """Mark universe rows whose ``universe_column`` equals a seed (both normalized as ``kind``).
-
-    Returns the mask and, for phone seeds, the normalized seed phones.
-    """
-    if universe_column not in universe.column_names:
-        raise SchemaError(
-            f"the universe has no column {universe_column!r} to match seeds on",
-            column=universe_column,
-        )
-    col = universe[universe_column].combine_chunks().cast(pa.string())
-    if kind is not None:
-        seeds = normalize_array(seeds, kind, source=source).values
-        col = normalize_array(col, kind).values
-    seeds = pc.unique(pc.drop_null(seeds.cast(pa.string())))
-    mask = np.asarray(
-        pc.fill_null(pc.is_in(col, value_set=seeds), False).to_numpy(zero_copy_only=False),
-        dtype=bool,
-    )
-    phones = seeds if kind is not None and IdKind.parse(kind).label == "phone" else None
-    return mask, phones
 
 
 def _truth_buyers(
@@ -259,9 +224,7 @@ def train_model(
             f"no seed column {seed_column!r}", source=str(seeds_path), column=seed_column
         )
     ucol = universe_column or (seed_column if seed_column in universe.column_names else id_column)
-    kind = (
-        id_kind if id_kind is not None else (seed_column if seed_column in _KNOWN_KINDS else None)
-    )
+    kind = id_kind if id_kind is not None else (seed_column if seed_column in KNOWN_KINDS else None)
     mask, phones = match_seeds(
         universe,
         seeds_table[seed_column].combine_chunks(),
@@ -653,54 +616,3 @@ def world_ladder(
         ),
     ]
     return precision_ladder(steps, buyers.combine_chunks(), guard=guard)
-
-
-# --------------------------------------------------------------------------- island job
-
-
-@register_computation("lookalike_joint")
-def _joint_job(ctx: JobContext) -> ComputationResult:
-    """Island job: inputs ``universe``, ``seeds``, ``media_users``, ``behaviour``, opt. ``edges``.
-
-    ``[params]``: ``seed_column`` (default ``device_id``), ``groups`` (default
-    ``[0.01, 0.05, 0.2]``). Aggregate: devices per group (guarded by the
-    island); rows (``device_id, group``; only with ``row_level = true``).
-    """
-    from atoll.ids.mapping import MappingConfig, build_id_graph
-
-    for name in ("universe", "seeds", "media_users", "behaviour"):
-        if name not in ctx.inputs:
-            raise ConfigError(f"lookalike_joint needs an input named {name!r}")
-    universe = ctx.inputs["universe"].read_all()
-    seeds = ctx.inputs["seeds"].read_all()
-    column = str(ctx.params.get("seed_column", "device_id"))
-    if column not in seeds.column_names or column not in universe.column_names:
-        raise ConfigError(f"params.seed_column {column!r} must be a column of seeds and universe")
-    mask, _ = match_seeds(
-        universe,
-        seeds[column].combine_chunks(),
-        universe_column=column,
-        kind=column if column in _KNOWN_KINDS else None,
-    )
-    seed_ids = universe["device_id"].filter(pa.array(mask)).combine_chunks()
-    graph = None
-    if "edges" in ctx.inputs:
-        graph = build_id_graph(
-            ctx.inputs["edges"].read_all(), MappingConfig(), source="input edges"
-        )
-    bounds = ctx.params.get("groups", [0.01, 0.05, 0.2])
-    result = joint_lookalike(
-        universe,
-        seed_ids,
-        ctx.inputs["media_users"].read_all(),
-        ctx.inputs["behaviour"].read_all(),
-        graph=graph,
-        groups=[float(b) for b in bounds],
-    )
-    ctx.notes["lookalike"] = {k: result.metrics[k] for k in ("hidden_seeds", "auc_pu", "at_k")}
-    rows = result.scores.filter(pc.greater(result.scores["group"], 0)).select(
-        ["device_id", "group"]
-    )
-    return ComputationResult(
-        aggregate=result.aggregate, counts=("devices",), key=("group",), rows=rows
-    )

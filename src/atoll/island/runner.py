@@ -92,6 +92,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib
 import threading
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -146,6 +147,7 @@ __all__ = [
     "OpenInput",
     "OutputSpec",
     "SealedResult",
+    "computations",
     "job_hash",
     "match_tables",
     "open_result",
@@ -673,6 +675,20 @@ class ComputationResult:
 #: A computation: context in, products out.
 Computation = Callable[[JobContext], ComputationResult]
 _COMPUTATIONS: dict[str, Computation] = {}
+#: Modules whose computations register themselves when imported; imported on
+#: first use, so an island that never trains a model never loads LightGBM.
+_BUILTIN_MODULES = ("atoll.island.lookalike_job",)
+_builtins_loaded = False
+
+
+def computations() -> dict[str, Computation]:
+    """Every computation an island can run, by name (built-in modules imported once)."""
+    global _builtins_loaded
+    if not _builtins_loaded:
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+        _builtins_loaded = True
+    return dict(_COMPUTATIONS)
 
 
 def register_computation(name: str) -> Callable[[Computation], Computation]:
@@ -1005,10 +1021,9 @@ class Island:
     def submit_job(self, text: bytes) -> JobManifest:
         """Register a job manifest (idempotent for the same bytes); returns it parsed."""
         job = parse_job(text)
-        if job.computation not in _COMPUTATIONS:
-            raise ConfigError(
-                f"unknown computation {job.computation!r} (known: {sorted(_COMPUTATIONS)})"
-            )
+        known = computations()
+        if job.computation not in known:
+            raise ConfigError(f"unknown computation {job.computation!r} (known: {sorted(known)})")
         with self._lock:
             if job.job_id not in self._jobs:
                 if len(self._jobs) >= self._max_jobs:
@@ -1161,7 +1176,7 @@ class Island:
                         spec, manifest, manifest_digest(signed), reader, self.store, area
                     )
                 ctx = JobContext(job, opened, area)
-                product = _COMPUTATIONS[job.computation](ctx)
+                product = computations()[job.computation](ctx)
                 guard = Guard(PrivacyPolicy(min_cell_size=job.min_cell_size, rounding=job.rounding))
                 guarded = guard.apply(
                     product.aggregate,

@@ -8,8 +8,8 @@ plaintext: inside the secure island (``atoll.island``), where the model is
 trained and only the model's guarded outputs leave (score-group counts
 through the output guard; row-level scores only where the contract says
 ``row_level = true``). This module is the computation itself, on Arrow
-tables, with no I/O: the island job hook (``lookalike_joint``, registered
-by :mod:`atoll.cli.lookalike`, the layer allowed to import the island)
+tables, with no I/O: the island job ``lookalike_joint``
+(:mod:`atoll.island.lookalike_job`, loaded by every island on first use)
 opens the inputs and calls :func:`joint_lookalike`.
 
 Identity: behaviour rows are keyed by ``media_user_id``; ``media/users``
