@@ -79,10 +79,14 @@ def test_every_island_knows_the_joint_job_without_the_cli() -> None:
     # and an island that never trains must not pay LightGBM's import.
     code = (
         "import sys\n"
-        "from atoll.island.runner import computations\n"
+        "from atoll.island.runner import computation, computation_names\n"
+        "names = set(computation_names())\n"
+        "wanted = {'match', 'tag_augmentation', 'persona', 'attribution', 'lookalike_joint'}\n"
+        "assert wanted <= names, names\n"
+        "computation('persona'), computation('attribution')\n"
         "assert 'lightgbm' not in sys.modules\n"
-        "names = computations()\n"
-        "assert {'match', 'tag_augmentation', 'lookalike_joint'} <= set(names), names\n"
+        "computation('lookalike_joint')\n"
+        "assert 'lightgbm' in sys.modules\n"
         "assert not any(m.startswith('atoll.cli') for m in sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

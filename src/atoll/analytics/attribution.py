@@ -90,6 +90,7 @@ __all__ = [
     "merge_partials",
     "parse_models",
     "release",
+    "release_table",
     "rule_credits",
     "run_attribution",
     "spend_by_channel",
@@ -1095,6 +1096,65 @@ class AttributionRelease:
     delivery: pa.Table
     orders: pa.Table
     metrics: dict[str, Any]
+
+
+#: Key columns of the long form of a release (:func:`release_table`).
+_RELEASE_KEYS = ("channel", "model", "status")
+_GUARD_COLUMNS = ("suppressed", "suppression_reason")
+
+
+def release_table(released: AttributionRelease) -> pa.Table:
+    """The three guarded tables of a release in one long table (what the island seals).
+
+    Columns ``section`` (``attribution``, ``delivery``, ``orders``),
+    ``channel``, ``model``, ``status`` (null where a section has no such
+    key), ``metric``, ``value`` (float64; null where withheld) and
+    ``suppression_reason``. Built only from released numbers.
+    """
+    out: dict[str, list[Any]] = {
+        k: [] for k in ("section", *_RELEASE_KEYS, "metric", "value", "suppression_reason")
+    }
+    sections = (
+        ("attribution", released.channels),
+        ("delivery", released.delivery),
+        ("orders", released.orders),
+    )
+    for section, table in sections:
+        metrics = [
+            f.name
+            for f in table.schema
+            if f.name not in _RELEASE_KEYS
+            and f.name not in _GUARD_COLUMNS
+            and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
+        ]
+        reasons = (
+            table.column("suppression_reason").to_pylist()
+            if "suppression_reason" in table.column_names
+            else [None] * table.num_rows
+        )
+        keys = {
+            k: table.column(k).to_pylist() if k in table.column_names else [None] * table.num_rows
+            for k in _RELEASE_KEYS
+        }
+        values = {m: table.column(m).to_pylist() for m in metrics}
+        for i in range(table.num_rows):
+            for m in metrics:
+                out["section"].append(section)
+                for k in _RELEASE_KEYS:
+                    out[k].append(keys[k][i])
+                out["metric"].append(m)
+                v = values[m][i]
+                out["value"].append(None if v is None else float(v))
+                out["suppression_reason"].append(reasons[i])
+    return pa.table(
+        {
+            "section": pa.array(out["section"], pa.string()),
+            **{k: pa.array(out[k], pa.string()) for k in _RELEASE_KEYS},
+            "metric": pa.array(out["metric"], pa.string()),
+            "value": pa.array(out["value"], pa.float64()),
+            "suppression_reason": pa.array(out["suppression_reason"], pa.string()),
+        }
+    )
 
 
 _DELIVERY_COUNTS = ["exposure_uv", "click_uv", "ta_uv"]

@@ -72,6 +72,7 @@ __all__ = [
     "PersonaReport",
     "count_table",
     "persona",
+    "persona_counts_table",
     "persona_from_counts",
     "persona_statistics",
     "select_dimensions",
@@ -760,6 +761,19 @@ class PersonaReport:
         mask = pc.equal(self.cells["dimension"], name)
         rows: list[dict[str, Any]] = self.cells.filter(mask).to_pylist()
         return rows
+
+
+def persona_counts_table(counts: PersonaCounts) -> pa.Table:
+    """Merged counts as the table the output guard takes (and releases).
+
+    Columns ``dimension, value, kind, group, multi, target_count,
+    base_count``: a ``total`` row, then per dimension its ``known`` row and
+    one ``cell`` row per value. Guard it with ``counts=["target_count"]``,
+    ``key=["dimension", "value"]``, ``group="group"`` and pass the released
+    table to :func:`persona_statistics` -- what :func:`persona` does, and
+    what the island's ``persona`` job does on the other side of the guard.
+    """
+    return _counts_table(counts)
 
 
 def _counts_table(counts: PersonaCounts) -> pa.Table:

@@ -147,7 +147,8 @@ __all__ = [
     "OpenInput",
     "OutputSpec",
     "SealedResult",
-    "computations",
+    "computation",
+    "computation_names",
     "job_hash",
     "match_tables",
     "open_result",
@@ -621,6 +622,12 @@ class JobContext:
         """The job's ``[params]`` table."""
         return self.job.params
 
+    def guard(self) -> Guard:
+        """The job's output guard (``[guards]``), for computations that guard several tables."""
+        return Guard(
+            PrivacyPolicy(min_cell_size=self.job.min_cell_size, rounding=self.job.rounding)
+        )
+
     def match_parts(self) -> Iterator[MatchPart]:
         """Matched pairs, bucket by bucket when possible, else over all rows.
 
@@ -663,6 +670,10 @@ class ComputationResult:
     ``aggregate`` is released through the output guard: ``counts`` are its
     count columns (the first is thresholded against k), ``key`` the columns
     naming a cell, ``group`` the column whose cells sum to a published total.
+    A computation whose release needs more than one guarded table (sums,
+    ratios recomputed from released numbers) guards them itself with
+    :meth:`JobContext.guard` and sets ``guarded = True``: its ``aggregate``
+    is then released as it is.
     """
 
     aggregate: pa.Table
@@ -670,25 +681,34 @@ class ComputationResult:
     key: tuple[str, ...] = ()
     group: str | None = None
     rows: pa.Table | None = None
+    guarded: bool = False
 
 
 #: A computation: context in, products out.
 Computation = Callable[[JobContext], ComputationResult]
 _COMPUTATIONS: dict[str, Computation] = {}
-#: Modules whose computations register themselves when imported; imported on
-#: first use, so an island that never trains a model never loads LightGBM.
-_BUILTIN_MODULES = ("atoll.island.lookalike_job",)
-_builtins_loaded = False
+#: Built-in computations that live in modules of their own, imported when a job
+#: first asks for them (an island that never trains a model never loads LightGBM).
+_BUILTIN: dict[str, str] = {
+    "persona": "atoll.island.insight_jobs",
+    "attribution": "atoll.island.insight_jobs",
+    "lookalike_joint": "atoll.island.lookalike_job",
+}
 
 
-def computations() -> dict[str, Computation]:
-    """Every computation an island can run, by name (built-in modules imported once)."""
-    global _builtins_loaded
-    if not _builtins_loaded:
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
-        _builtins_loaded = True
-    return dict(_COMPUTATIONS)
+def computation_names() -> list[str]:
+    """Names of every computation an island can run."""
+    return sorted(set(_COMPUTATIONS) | set(_BUILTIN))
+
+
+def computation(name: str) -> Computation:
+    """The computation called ``name`` (its built-in module imported on first use)."""
+    if name not in _COMPUTATIONS and name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name])
+    found = _COMPUTATIONS.get(name)
+    if found is None:
+        raise ConfigError(f"unknown computation {name!r} (known: {computation_names()})")
+    return found
 
 
 def register_computation(name: str) -> Callable[[Computation], Computation]:
@@ -1021,9 +1041,7 @@ class Island:
     def submit_job(self, text: bytes) -> JobManifest:
         """Register a job manifest (idempotent for the same bytes); returns it parsed."""
         job = parse_job(text)
-        known = computations()
-        if job.computation not in known:
-            raise ConfigError(f"unknown computation {job.computation!r} (known: {sorted(known)})")
+        computation(job.computation)  # unknown names are refused before any key is released
         with self._lock:
             if job.job_id not in self._jobs:
                 if len(self._jobs) >= self._max_jobs:
@@ -1176,15 +1194,21 @@ class Island:
                         spec, manifest, manifest_digest(signed), reader, self.store, area
                     )
                 ctx = JobContext(job, opened, area)
-                product = computations()[job.computation](ctx)
-                guard = Guard(PrivacyPolicy(min_cell_size=job.min_cell_size, rounding=job.rounding))
-                guarded = guard.apply(
-                    product.aggregate,
-                    counts=list(product.counts),
-                    key=list(product.key),
-                    group=product.group,
-                    what=f"island job {job.job}",
-                ).table
+                product = computation(job.computation)(ctx)
+                if product.guarded:
+                    guarded = product.aggregate
+                else:
+                    guarded = (
+                        ctx.guard()
+                        .apply(
+                            product.aggregate,
+                            counts=list(product.counts),
+                            key=list(product.key),
+                            group=product.group,
+                            what=f"island job {job.job}",
+                        )
+                        .table
+                    )
                 rows_out: dict[str, int] = {}
                 for out in job.outputs:
                     if out.row_level and product.rows is not None:

@@ -1,0 +1,198 @@
+"""Insight inside the island: persona (with TGI) and campaign attribution.
+
+Why: the deck's island profiles the brand's matched members against the
+provider's universe without either side handing the other its rows. The
+computation is the same map-and-merge as :func:`atoll.analytics.persona.persona`
+on plain data -- :func:`~atoll.analytics.persona.count_table` per part,
+additive :class:`~atoll.analytics.persona.PersonaCounts` merged -- so the
+island's released counts equal the plain computation's under the same guard
+(tested). Only the guarded counts table leaves; the recipient derives shares,
+TGI, z and intervals from it with
+:func:`~atoll.analytics.persona.persona_statistics`, so a suppressed cell's
+statistics are never computed from its withheld count.
+
+Attribution is :func:`atoll.analytics.attribution.run_attribution` on the
+decrypted logs, released through :func:`~atoll.analytics.attribution.release`
+under the job's guard (three guarded tables: ratios recomputed from released
+numbers), sealed as one long table.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+
+from atoll.analytics.attribution import (
+    AttributionConfig,
+    parse_models,
+    release,
+    release_table,
+    run_attribution,
+)
+from atoll.analytics.paths import CampaignWindow
+from atoll.analytics.persona import (
+    PersonaConfig,
+    PersonaCounts,
+    count_table,
+    persona_counts_table,
+    select_dimensions,
+)
+from atoll.errors import ConfigError
+from atoll.ids.mapping import MappingConfig, build_id_graph
+from atoll.island.runner import ComputationResult, JobContext, register_computation
+
+__all__ = ["attribution_job", "persona_job"]
+
+
+def _config(params: dict[str, Any]) -> PersonaConfig:
+    dims = params.get("dimensions")
+    if dims is not None and (
+        not isinstance(dims, list) or not dims or not all(isinstance(d, str) for d in dims)
+    ):
+        raise ConfigError("params.dimensions must be a non-empty list of column names")
+    exclude = params.get("exclude", [])
+    if not isinstance(exclude, list) or not all(isinstance(d, str) for d in exclude):
+        raise ConfigError("params.exclude must be a list of column names")
+    return PersonaConfig(dimensions=None if dims is None else tuple(dims), exclude=tuple(exclude))
+
+
+@register_computation("persona")
+def persona_job(ctx: JobContext) -> ComputationResult:
+    """Persona of the base rows matched by the audience, against the whole base.
+
+    ``[match]``: ``left`` is the audience (e.g. the brand's members), ``right``
+    the base with its tag columns (e.g. the provider's universe); T = base
+    rows matched by any audience row through the match steps, U = every base
+    row the job may open. ``[params]``: ``dimensions`` (default: every
+    profilable column but identifiers), ``exclude``. Aggregate: the persona
+    counts table (:func:`~atoll.analytics.persona.persona_counts_table`),
+    guarded by the island (k on ``target_count``, complementary suppression
+    within each single-valued dimension). No row-level product.
+    """
+    spec = ctx.job.match
+    if spec is None:
+        raise ConfigError("computation 'persona' needs a [match] table")
+    left, right = ctx.inputs[spec.left], ctx.inputs[spec.right]
+    config = _config(dict(ctx.params))
+    dims, skipped = select_dimensions(right.manifest.schema, right.manifest.id_column, config)
+    if not dims:
+        raise ConfigError(f"input {right.spec.name!r} has no column to profile")
+    total = PersonaCounts.empty(dims)
+    unknown = config.unknown_labels
+    for part in ctx.match_parts():
+        mask = np.zeros(part.right.num_rows, dtype=bool)
+        mask[part.right_rows] = True
+        total.merge(count_table(part.right, mask, dims, unknown_labels=unknown))
+    if ctx.notes.get("match_mode") == "bucketed":
+        # Buckets with no audience rows were not joined; their rows are still base.
+        joined = set(left.buckets)
+        for bucket in right.buckets:
+            if bucket not in joined:
+                rest = right.read_bucket(bucket)
+                none = np.zeros(rest.num_rows, dtype=bool)
+                total.merge(count_table(rest, none, dims, unknown_labels=unknown))
+    ctx.notes["persona"] = {"dimensions": [d for d, _ in dims], "skipped_columns": skipped}
+    return ComputationResult(
+        aggregate=persona_counts_table(total),
+        counts=("target_count",),
+        key=("dimension", "value"),
+        group="group",
+    )
+
+
+#: ``[params]`` of the attribution job passed on to :class:`AttributionConfig`, with their types.
+_ATTRIBUTION_OPTIONS: dict[str, tuple[type, ...]] = {
+    "click_lookback_days": (int, float),
+    "view_lookback_days": (int, float),
+    "click_priority": (bool,),
+    "orders_per_person": (str,),
+    "half_life_days": (int, float),
+    "buckets": (int,),
+    "headline_model": (str,),
+}
+
+
+def _day(params: dict[str, Any], name: str) -> date:
+    value = params.get(name)
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value  # TOML dates arrive as dates
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"params.{name} must be a date (YYYY-MM-DD), got {value!r}")
+
+
+def _attribution_config(params: dict[str, Any]) -> AttributionConfig:
+    window_days = params.get("window_days", 15)
+    timezone = params.get("timezone", "Asia/Shanghai")
+    if isinstance(window_days, bool) or not isinstance(window_days, int):
+        raise ConfigError(f"params.window_days must be an integer, got {window_days!r}")
+    if not isinstance(timezone, str):
+        raise ConfigError(f"params.timezone must be a string, got {timezone!r}")
+    window = CampaignWindow(
+        _day(params, "campaign_start"),
+        _day(params, "campaign_end"),
+        window_days=window_days,
+        timezone=timezone,
+    )
+    options: dict[str, Any] = {}
+    for name, types in _ATTRIBUTION_OPTIONS.items():
+        if name in params:
+            value = params[name]
+            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+                raise ConfigError(f"params.{name}: unexpected value {value!r}")
+            options[name] = value
+    models = params.get("models", "all")
+    if not isinstance(models, str | list):
+        raise ConfigError("params.models must be a string or a list of model names")
+    return AttributionConfig(window=window, models=parse_models(models), **options)
+
+
+@register_computation("attribution")
+def attribution_job(ctx: JobContext) -> ComputationResult:
+    """Campaign measurement and multi-touch attribution over the parties' logs.
+
+    Inputs named by ``[params]`` ``exposures`` and ``orders`` (default: inputs
+    of those names; e.g. the media platform's exposure log and the brand's
+    orders) and optionally ``edges`` (an ID-mapping edge dataset, e.g. the
+    provider's, resolving phones and devices to one person). ``[params]``:
+    ``campaign_start``, ``campaign_end`` (dates), ``window_days`` (15),
+    ``timezone`` (Asia/Shanghai), ``models`` (``all``) and the
+    :class:`~atoll.analytics.attribution.AttributionConfig` options
+    (lookbacks, ``click_priority``, ``orders_per_person``, ``half_life_days``,
+    ``buckets``, ``headline_model``). The same computation as
+    :func:`~atoll.analytics.attribution.run_attribution` on plain data; the
+    release is :func:`~atoll.analytics.attribution.release` under the job's
+    guard, sealed as one long table (:func:`~atoll.analytics.attribution.release_table`).
+    No row-level product.
+    """
+    params = dict(ctx.params)
+    config = _attribution_config(params)
+    names: dict[str, str] = {}
+    for role in ("exposures", "orders", "edges"):
+        name = params.get(role, role if role != "edges" else None)
+        if name is None:
+            continue
+        if not isinstance(name, str) or name not in ctx.inputs:
+            raise ConfigError(f"attribution: params.{role} names no input of this job ({name!r})")
+        names[role] = name
+    for role in ("exposures", "orders"):
+        if role not in names:
+            raise ConfigError(f"attribution needs an input named {role!r} (or params.{role})")
+    graph = None
+    if "edges" in names:
+        edges = ctx.inputs[names["edges"]].read_all()
+        graph = build_id_graph(edges, MappingConfig(), source=f"input {names['edges']}")
+    result = run_attribution(
+        ctx.inputs[names["exposures"]].read_all(),
+        ctx.inputs[names["orders"]].read_all(),
+        config,
+        graph=graph,
+    )
+    ctx.notes["attribution"] = {"models": list(config.models), "buckets": config.buckets}
+    released = release(result, ctx.guard())
+    return ComputationResult(aggregate=release_table(released), counts=(), guarded=True)
