@@ -16,6 +16,7 @@ from atoll.analytics.attribution import (
     release_table,
     run_attribution,
 )
+from atoll.analytics.ivt import IvtConfig, default_lists, detect_ivt
 from atoll.analytics.paths import CampaignWindow
 from atoll.analytics.persona import persona, persona_statistics
 from atoll.ids.buckets import BucketFunction
@@ -23,6 +24,7 @@ from atoll.ids.mapping import build_id_graph
 from atoll.island.evidence.simulated import SimulatedBackend
 from atoll.island.runner import Island, open_result
 from atoll.privacy import Guard, PrivacyPolicy
+from atoll.synth import WorldConfig, generate_world
 from tests.island.island_helpers import Party, job_toml, sim_policy, submit
 
 K = 5
@@ -195,3 +197,91 @@ def test_island_attribution_equals_the_plain_release(tmp_path: Path) -> None:
     models = {r["model"] for r in released if r["section"] == "attribution"}
     assert {"linear", "markov_1", "shapley"} <= models
     assert not list(island.burn.root.iterdir())
+
+
+def _three_party_job(
+    parties: list[Party], inputs: list[tuple[str, Party]], computation: str, params: str
+) -> bytes:
+    recipient = parties[1]
+    head = "".join(f'[parties.{p.name}]\nsigning_key = "{p.signing_text}"\n' for p in parties)
+    body = "".join(
+        f'[[inputs]]\nname = "{d}"\nparty = "{p.name}"\ndataset = "{d}"\nversion = 1\n'
+        for d, p in inputs
+    )
+    return (
+        f'version = 1\njob = "{computation}"\ncomputation = "{computation}"\n{head}{body}'
+        f"[params]\n{params}"
+        f'[[outputs]]\nname = "result"\nrecipient = "{recipient.name}"\n'
+        f'public_key = "{recipient.public_text}"\nrow_level = false\n'
+        f"[guards]\nmin_cell_size = {K}\n"
+    ).encode()
+
+
+def test_island_ivt_and_filtered_attribution_equal_the_plain_ones(tmp_path: Path) -> None:
+    world = generate_world(WorldConfig(devices=3000, seed=11))
+    exposures = world.tables["provider/exposures"]
+    orders = world.tables["brand/orders"]
+    edges = world.tables["provider/edges"]
+    island = Island(tmp_path / "island", backend=SimulatedBackend({"backend": "simulated"}))
+    media, brand, provider = (Party(n, tmp_path) for n in ("media", "brand", "provider"))
+    fn = BucketFunction(2)
+    media.upload(island, media.seal("exposures", exposures, "device_id", fn))
+    brand.upload(island, brand.seal("orders", orders, "order_id", fn))
+    provider.upload(island, provider.seal("edges", edges, "id_a", fn))
+    policy = sim_policy(island.backend.measurement)
+    start, end = world.config.campaign_start, world.config.campaign_end
+    window = f'campaign_start = "{start}"\ncampaign_end = "{end}"\n'
+    runs = {
+        "ivt": _three_party_job([media, brand], [("exposures", media)], "ivt", ""),
+        "attribution": _three_party_job(
+            [media, brand, provider],
+            [("exposures", media), ("orders", brand), ("edges", provider)],
+            "attribution",
+            window + 'edges = "edges"\nivt = true\nmodels = ["last_touch", "linear"]\n',
+        ),
+    }
+    released = {}
+    for name, text in runs.items():
+        job = submit(island, text)
+        for party in (media, brand, provider):
+            party.release(island, job, policy)
+        outcome = island.run(job.job_id)
+        assert outcome.status == "done", outcome.error
+        (result,) = outcome.results
+        released[name] = open_result(result, brand.hpke, job_digest=job.digest)
+
+    guard = Guard(PrivacyPolicy(min_cell_size=K))
+    plain_ivt = detect_ivt(exposures, IvtConfig(), default_lists())
+    by_rule = {r["rule"]: r for r in released["ivt"].to_pylist()}
+    for rule in plain_ivt.report.rules:
+        stats = plain_ivt.report.per_rule[rule]
+        row = by_rule[rule]
+        if row["suppressed"]:
+            assert stats["devices"] < K
+            assert row["cost"] is None
+        else:
+            assert (row["devices"], row["events"]) == (stats["devices"], stats["events"])
+    assert by_rule["any"]["events"] == plain_ivt.report.any["events"] > 0
+
+    config = AttributionConfig(
+        window=CampaignWindow(start, end),
+        models=("last_touch", "linear"),
+    )
+    plain = run_attribution(
+        exposures,
+        orders,
+        config,
+        graph=build_id_graph(edges),
+        exclude_event_ids=plain_ivt.flags["event_id"],
+    )
+    assert plain.event_counts["excluded_invalid_traffic"] > 0
+    expected = release_table(release(plain, guard)).to_pylist()
+    got = released["attribution"].to_pylist()
+    assert [{k: v for k, v in r.items() if k != "value"} for r in got] == [
+        {k: v for k, v in r.items() if k != "value"} for r in expected
+    ]
+    for a, b in zip(got, expected, strict=True):
+        if b["value"] is None:
+            assert a["value"] is None
+        else:
+            assert a["value"] == pytest.approx(b["value"], rel=1e-9, abs=1e-9)

@@ -1,4 +1,4 @@
-"""Insight inside the island: persona (with TGI) and campaign attribution.
+"""Insight inside the island: persona (with TGI), invalid traffic, campaign attribution.
 
 Why: the deck's island profiles the brand's matched members against the
 provider's universe without either side handing the other its rows. The
@@ -11,6 +11,9 @@ TGI, z and intervals from it with
 :func:`~atoll.analytics.persona.persona_statistics`, so a suppressed cell's
 statistics are never computed from its withheld count.
 
+Invalid traffic is :func:`atoll.analytics.ivt.detect_ivt` with the shipped
+lists; attribution may drop the events it flags first (``ivt = true``), as
+``atoll report attribution --exclude-events`` does with a flag file.
 Attribution is :func:`atoll.analytics.attribution.run_attribution` on the
 decrypted logs, released through :func:`~atoll.analytics.attribution.release`
 under the job's guard (three guarded tables: ratios recomputed from released
@@ -23,6 +26,7 @@ from datetime import date, datetime
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from atoll.analytics.attribution import (
     AttributionConfig,
@@ -31,6 +35,7 @@ from atoll.analytics.attribution import (
     release_table,
     run_attribution,
 )
+from atoll.analytics.ivt import RULES, IvtConfig, IvtResult, default_lists, detect_ivt
 from atoll.analytics.paths import CampaignWindow
 from atoll.analytics.persona import (
     PersonaConfig,
@@ -43,7 +48,7 @@ from atoll.errors import ConfigError
 from atoll.ids.mapping import MappingConfig, build_id_graph
 from atoll.island.runner import ComputationResult, JobContext, register_computation
 
-__all__ = ["attribution_job", "persona_job"]
+__all__ = ["attribution_job", "ivt_job", "persona_job"]
 
 
 def _config(params: dict[str, Any]) -> PersonaConfig:
@@ -164,7 +169,9 @@ def attribution_job(ctx: JobContext) -> ComputationResult:
     ``timezone`` (Asia/Shanghai), ``models`` (``all``) and the
     :class:`~atoll.analytics.attribution.AttributionConfig` options
     (lookbacks, ``click_priority``, ``orders_per_person``, ``half_life_days``,
-    ``buckets``, ``headline_model``). The same computation as
+    ``buckets``, ``headline_model``) and ``ivt`` (default false: when true,
+    events flagged by :func:`~atoll.analytics.ivt.detect_ivt` are left out
+    and counted as ``excluded_invalid_traffic``). The same computation as
     :func:`~atoll.analytics.attribution.run_attribution` on plain data; the
     release is :func:`~atoll.analytics.attribution.release` under the job's
     guard, sealed as one long table (:func:`~atoll.analytics.attribution.release_table`).
@@ -183,16 +190,87 @@ def attribution_job(ctx: JobContext) -> ComputationResult:
     for role in ("exposures", "orders"):
         if role not in names:
             raise ConfigError(f"attribution needs an input named {role!r} (or params.{role})")
+    use_ivt = params.get("ivt", False)
+    if not isinstance(use_ivt, bool):
+        raise ConfigError(f"params.ivt must be true or false, got {use_ivt!r}")
     graph = None
     if "edges" in names:
         edges = ctx.inputs[names["edges"]].read_all()
         graph = build_id_graph(edges, MappingConfig(), source=f"input {names['edges']}")
+    exposures = ctx.inputs[names["exposures"]].read_all()
+    flagged = None
+    if use_ivt:
+        flagged = _detect(exposures, config.window.timezone).flags["event_id"]
     result = run_attribution(
-        ctx.inputs[names["exposures"]].read_all(),
+        exposures,
         ctx.inputs[names["orders"]].read_all(),
         config,
         graph=graph,
+        exclude_event_ids=flagged,
     )
-    ctx.notes["attribution"] = {"models": list(config.models), "buckets": config.buckets}
+    ctx.notes["attribution"] = {
+        "models": list(config.models),
+        "buckets": config.buckets,
+        "ivt": use_ivt,
+    }
     released = release(result, ctx.guard())
     return ComputationResult(aggregate=release_table(released), counts=(), guarded=True)
+
+
+def _detect(exposures: pa.Table, timezone: str) -> IvtResult:
+    return detect_ivt(exposures, IvtConfig(timezone=timezone), default_lists(), source="exposures")
+
+
+#: Per-rule statistics released by the ``ivt`` job (``devices`` is the guarded count).
+_IVT_COUNTS = ("devices", "events", "impressions", "clicks")
+
+
+@register_computation("ivt")
+def ivt_job(ctx: JobContext) -> ComputationResult:
+    """Invalid-traffic filtering of an exposure log: what each rule flags, guarded.
+
+    Input named by ``[params]`` ``exposures`` (default ``exposures``);
+    ``timezone`` (Asia/Shanghai) for the hour-of-day rules. The shipped
+    user-agent and data-center lists are used (their sources are in
+    ``atoll/analytics/data/README.md``). Aggregate, one row per rule and the
+    ``GIVT``/``SIVT``/``any`` totals and ``all events``: devices (the count
+    thresholded against k), events, impressions, clicks, cost (withheld
+    with the row). No row-level product: the flagged events stay in the
+    island, where ``attribution`` with ``ivt = true`` leaves them out.
+    """
+    params = dict(ctx.params)
+    name = params.get("exposures", "exposures")
+    if not isinstance(name, str) or name not in ctx.inputs:
+        raise ConfigError(f"ivt: params.exposures names no input of this job ({name!r})")
+    timezone = params.get("timezone", "Asia/Shanghai")
+    if not isinstance(timezone, str):
+        raise ConfigError(f"params.timezone must be a string, got {timezone!r}")
+    report = _detect(ctx.inputs[name].read_all(), timezone).report
+    rows = [(rule, RULES[rule], report.per_rule[rule]) for rule in report.rules]
+    rows += [
+        ("GIVT", "GIVT", report.givt),
+        ("SIVT", "SIVT", report.sivt),
+        ("any", "any", report.any),
+        ("all events", "total", report.total),
+    ]
+    table = pa.table(
+        {
+            "rule": pa.array([r for r, _, _ in rows], pa.string()),
+            "class": pa.array([c for _, c, _ in rows], pa.string()),
+            **{
+                col: pa.array([int(stats[col]) for _, _, stats in rows], pa.int64())
+                for col in _IVT_COUNTS
+            },
+            "cost": pa.array([float(stats["cost"]) for _, _, stats in rows], pa.float64()),
+        }
+    )
+    guarded = ctx.guard().apply(
+        table,
+        counts=list(_IVT_COUNTS),
+        threshold="devices",
+        also_null=["cost"],
+        key=["rule"],
+        what="island ivt",
+    )
+    ctx.notes["ivt"] = {"rules": list(report.rules)}
+    return ComputationResult(aggregate=guarded.table, counts=(), guarded=True)

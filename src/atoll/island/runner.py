@@ -692,6 +692,7 @@ _COMPUTATIONS: dict[str, Computation] = {}
 _BUILTIN: dict[str, str] = {
     "persona": "atoll.island.insight_jobs",
     "attribution": "atoll.island.insight_jobs",
+    "ivt": "atoll.island.insight_jobs",
     "lookalike_joint": "atoll.island.lookalike_job",
 }
 
