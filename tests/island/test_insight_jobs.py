@@ -17,6 +17,7 @@ from atoll.analytics.attribution import (
     run_attribution,
 )
 from atoll.analytics.ivt import IvtConfig, default_lists, detect_ivt
+from atoll.analytics.lbs import lbs_tags
 from atoll.analytics.paths import CampaignWindow
 from atoll.analytics.persona import persona, persona_statistics
 from atoll.ids.buckets import BucketFunction
@@ -200,7 +201,12 @@ def test_island_attribution_equals_the_plain_release(tmp_path: Path) -> None:
 
 
 def _three_party_job(
-    parties: list[Party], inputs: list[tuple[str, Party]], computation: str, params: str
+    parties: list[Party],
+    inputs: list[tuple[str, Party]],
+    computation: str,
+    params: str,
+    *,
+    row_level: bool = False,
 ) -> bytes:
     recipient = parties[1]
     head = "".join(f'[parties.{p.name}]\nsigning_key = "{p.signing_text}"\n' for p in parties)
@@ -212,7 +218,7 @@ def _three_party_job(
         f'version = 1\njob = "{computation}"\ncomputation = "{computation}"\n{head}{body}'
         f"[params]\n{params}"
         f'[[outputs]]\nname = "result"\nrecipient = "{recipient.name}"\n'
-        f'public_key = "{recipient.public_text}"\nrow_level = false\n'
+        f'public_key = "{recipient.public_text}"\nrow_level = {str(row_level).lower()}\n'
         f"[guards]\nmin_cell_size = {K}\n"
     ).encode()
 
@@ -285,3 +291,54 @@ def test_island_ivt_and_filtered_attribution_equal_the_plain_ones(tmp_path: Path
             assert a["value"] is None
         else:
             assert a["value"] == pytest.approx(b["value"], rel=1e-9, abs=1e-9)
+
+
+def test_island_lbs_tags_equal_the_plain_ones(tmp_path: Path) -> None:
+    world = generate_world(WorldConfig(devices=2000, seed=5))
+    pings, pois = world.tables["provider/pings"], world.tables["provider/pois"]
+    island = Island(tmp_path / "island", backend=SimulatedBackend({"backend": "simulated"}))
+    provider, brand = Party("provider", tmp_path), Party("brand", tmp_path)
+    fn = BucketFunction(2)
+    provider.upload(island, provider.seal("pings", pings, "device_id", fn))
+    provider.upload(island, provider.seal("pois", pois, "poi_id", fn))
+    policy = sim_policy(island.backend.measurement)
+    released = {}
+    for row_level in (True, False):
+        text = _three_party_job(
+            [provider, brand],
+            [("pings", provider), ("pois", provider)],
+            "lbs_tags",
+            "radius_m = 500\nmin_days = 3\n",
+            row_level=row_level,
+        )
+        job = submit(island, text.replace(b'job = "lbs_tags"', f'job = "lbs-{row_level}"'.encode()))
+        provider.release(island, job, policy)
+        outcome = island.run(job.job_id)
+        assert outcome.status == "done", outcome.error
+        (result,) = outcome.results
+        released[row_level] = open_result(result, brand.hpke, job_digest=job.digest)
+
+    plain = lbs_tags(pings, pois).tags.sort_by("device_id")
+    rows = released[True].sort_by("device_id")
+    assert rows.column_names == plain.column_names
+    assert rows.to_pylist() == plain.to_pylist()
+    assert plain.num_rows > 100
+
+    cells = {(r["dimension"], r["value"]): r for r in released[False].to_pylist()}
+    assert cells[("(all)", "(all)")]["devices"] == plain.num_rows
+    lists = [f.name for f in plain.schema if pa.types.is_list(f.type)]
+    assert lists
+    checked = 0
+    for column in lists:
+        holders: dict[str, int] = {}
+        for items in plain[column].to_pylist():
+            for value in set(items or []):
+                holders[value] = holders.get(value, 0) + 1
+        for value, n in holders.items():
+            cell = cells[(column, value)]
+            if cell["suppressed"]:
+                assert n < K or cell["suppression_reason"]
+            else:
+                assert cell["devices"] == n
+                checked += 1
+    assert checked > 0

@@ -1,4 +1,4 @@
-"""Insight inside the island: persona (with TGI), invalid traffic, campaign attribution.
+"""Insight inside the island: persona (with TGI), invalid traffic, attribution, LBS tags.
 
 Why: the deck's island profiles the brand's matched members against the
 provider's universe without either side handing the other its rows. The
@@ -36,6 +36,7 @@ from atoll.analytics.attribution import (
     run_attribution,
 )
 from atoll.analytics.ivt import RULES, IvtConfig, IvtResult, default_lists, detect_ivt
+from atoll.analytics.lbs import LbsConfig, lbs_tags
 from atoll.analytics.paths import CampaignWindow
 from atoll.analytics.persona import (
     PersonaConfig,
@@ -48,7 +49,7 @@ from atoll.errors import ConfigError
 from atoll.ids.mapping import MappingConfig, build_id_graph
 from atoll.island.runner import ComputationResult, JobContext, register_computation
 
-__all__ = ["attribution_job", "ivt_job", "persona_job"]
+__all__ = ["attribution_job", "ivt_job", "lbs_tags_job", "persona_job"]
 
 
 def _config(params: dict[str, Any]) -> PersonaConfig:
@@ -274,3 +275,64 @@ def ivt_job(ctx: JobContext) -> ComputationResult:
     )
     ctx.notes["ivt"] = {"rules": list(report.rules)}
     return ComputationResult(aggregate=guarded.table, counts=(), guarded=True)
+
+
+def _lbs_config(params: dict[str, Any]) -> LbsConfig:
+    options: dict[str, Any] = {}
+    for name, types in (("radius_m", (int, float)), ("min_days", (int,)), ("days", (int,))):
+        if name in params:
+            value = params[name]
+            if isinstance(value, bool) or not isinstance(value, types):
+                raise ConfigError(f"params.{name}: unexpected value {value!r}")
+            options[name] = value
+    if "timezone" in params:
+        if not isinstance(params["timezone"], str):
+            raise ConfigError(f"params.timezone must be a string, got {params['timezone']!r}")
+        options["timezone"] = params["timezone"]
+    if "as_of" in params:
+        options["as_of"] = _day(params, "as_of")
+    return LbsConfig(**options)
+
+
+@register_computation("lbs_tags")
+def lbs_tags_job(ctx: JobContext) -> ComputationResult:
+    """LBS tags from location pings and POIs, as ordinary tag columns.
+
+    Inputs named by ``[params]`` ``pings`` and ``pois`` (defaults: those
+    names); ``radius_m``, ``min_days``, ``days``, ``as_of``, ``timezone``
+    as in :class:`~atoll.analytics.lbs.LbsConfig`. Row level (only where the
+    contract says ``row_level = true``): the tag table, one row per device
+    (:func:`~atoll.analytics.lbs.lbs_tags`). Aggregate: devices per tag value
+    (list columns flattened, day counts by value) with a ``devices`` total
+    and each dimension's ``(known)`` holders, guarded (k on ``devices``,
+    complementary suppression within single-valued dimensions).
+    """
+    params = dict(ctx.params)
+    names = {}
+    for role in ("pings", "pois"):
+        name = params.get(role, role)
+        if not isinstance(name, str) or name not in ctx.inputs:
+            raise ConfigError(f"lbs_tags: params.{role} names no input of this job ({name!r})")
+        names[role] = name
+    config = _lbs_config(params)
+    result = lbs_tags(
+        ctx.inputs[names["pings"]].read_all(),
+        ctx.inputs[names["pois"]].read_all(),
+        config,
+        source=names["pings"],
+    )
+    tags = result.tags
+    dims, _ = select_dimensions(tags.schema, "device_id", PersonaConfig())
+    counts = count_table(tags, np.ones(tags.num_rows, dtype=bool), dims)
+    table = persona_counts_table(counts)
+    aggregate = table.select(["dimension", "value", "kind", "group"]).append_column(
+        "devices", table["target_count"]
+    )
+    ctx.notes["lbs"] = {"as_of": result.as_of.isoformat(), "stays": result.stays.num_rows}
+    return ComputationResult(
+        aggregate=aggregate,
+        counts=("devices",),
+        key=("dimension", "value"),
+        group="group",
+        rows=tags,
+    )

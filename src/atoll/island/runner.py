@@ -693,6 +693,7 @@ _BUILTIN: dict[str, str] = {
     "persona": "atoll.island.insight_jobs",
     "attribution": "atoll.island.insight_jobs",
     "ivt": "atoll.island.insight_jobs",
+    "lbs_tags": "atoll.island.insight_jobs",
     "lookalike_joint": "atoll.island.lookalike_job",
 }
 
