@@ -35,8 +35,14 @@ real island service over mutual TLS on loopback:
    HPKE-wraps its dataset key to the attested key; the brand runs the job,
    decrypts its results and verifies the signed usage and deletion receipts
    with the attested receipt key.
-6. **Checks** (the step fails with :class:`~atoll.errors.IntegrityError` if
-   any does not hold): the island's matched count equals the labeled-PSI
+6. **A second job, ``persona``**, on the same sealed inputs: the matched
+   members' persona against the uploaded universe, computed inside and
+   released as guarded counts (the provider releases its key again: a key
+   is released per job). The brand derives TGI from the released counts and
+   checks them against the plain persona of the same tables.
+7. **Checks** (the step fails with :class:`~atoll.errors.IntegrityError` if
+   any does not hold): the island's persona counts equal the plain persona
+   of the same tables under the same guard; the island's matched count equals the labeled-PSI
    result the brand already holds (:func:`atoll.demo.shared.matched_members`),
    the same members, and each member's labeled-PSI tags are among the
    island's rows for it; the island's temp area is empty after the job (on
@@ -67,6 +73,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from atoll.analytics.persona import PersonaConfig, persona, persona_statistics
 from atoll.data.envelope import SealedDataset, SealedStore
 from atoll.demo.context import DemoContext
 from atoll.demo.shared import TAG_COLUMNS, matched_members
@@ -77,7 +84,7 @@ from atoll.island.policy import AttestationPolicy, load_policy
 from atoll.island.receipts import DeletionReceipt, UsageReceipt
 from atoll.island.runner import parse_job
 from atoll.island.verdict import AttestationError, Verdict
-from atoll.privacy.guard import SUPPRESSED_COLUMN
+from atoll.privacy.guard import SUPPRESSED_COLUMN, Guard, PrivacyPolicy
 from atoll.service.island import (
     JobRun,
     PartyKeys,
@@ -103,6 +110,7 @@ _BRAND_DATASET = "brand-members"
 _PROVIDER_DATASET = "provider-universe"
 _ROWS_OUTPUT = "member-tags"
 _SUMMARY_OUTPUT = "tag-summary"
+_PERSONA_OUTPUT = "member-persona"
 _MB = 1_000_000
 
 
@@ -144,6 +152,7 @@ class IslandDemoResult:
     temp_area_empty_after_job: bool
     temp_area_empty_after_shutdown: bool
     url: str
+    persona: pa.Table | None = None
     files: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -191,6 +200,44 @@ def island_job_toml(
         f'public_key = "{brand["public_key"]}"\nrow_level = false\n\n'
         f"[guards]\nmin_cell_size = {min_cell_size}\n"
     ).encode()
+
+
+def persona_job_toml(
+    brand: dict[str, str],
+    provider: dict[str, str],
+    *,
+    brand_version: int,
+    provider_version: int,
+    min_cell_size: int = MIN_CELL_SIZE,
+) -> bytes:
+    """The second job: the persona of the matched members against the uploaded universe."""
+    return (
+        'version = 1\njob = "demo-member-persona"\ncomputation = "persona"\n\n'
+        f'[parties.brand]\nsigning_key = "{brand["signing_key"]}"\n'
+        f'[parties.provider]\nsigning_key = "{provider["signing_key"]}"\n\n'
+        f'[[inputs]]\nname = "seed"\nparty = "brand"\ndataset = "{_BRAND_DATASET}"\n'
+        f"version = {brand_version}\n"
+        f'[[inputs]]\nname = "universe"\nparty = "provider"\ndataset = "{_PROVIDER_DATASET}"\n'
+        f"version = {provider_version}\n\n"
+        '[match]\nleft = "seed"\nright = "universe"\n'
+        '[[match.steps]]\nleft = "phone"\nright = "phone"\n\n'
+        f'[[outputs]]\nname = "{_PERSONA_OUTPUT}"\nrecipient = "brand"\n'
+        f'public_key = "{brand["public_key"]}"\nrow_level = false\n\n'
+        f"[guards]\nmin_cell_size = {min_cell_size}\n"
+    ).encode()
+
+
+def _check_persona(released: pa.Table, brand: pa.Table, provider: pa.Table) -> None:
+    """The island's persona counts must equal the plain persona of the same tables."""
+    plain = persona(
+        brand["phone"],
+        provider,
+        id_column="phone",
+        guard=Guard(PrivacyPolicy(min_cell_size=MIN_CELL_SIZE)),
+    )
+    cols = ["dimension", "value", "target_count", "base_count", SUPPRESSED_COLUMN]
+    if released.select(cols).to_pylist() != plain.guarded.table.select(cols).to_pylist():
+        raise IntegrityError("the island's persona differs from the plain persona of its inputs")
 
 
 # --------------------------------------------------------------------------- the parties
@@ -433,6 +480,19 @@ def _execute(ctx: DemoContext, folder: Path) -> IslandDemoResult:
             run = run_job(client, brand.keys, brand.policy, job_text)
         job_seconds = time.perf_counter() - t0
         ctx.progress("island: key release", 2, 2)
+
+        # A second job on the same sealed inputs: the matched members' persona.
+        persona_text = persona_job_toml(
+            brand.keys.public(),
+            provider.keys.public(),
+            brand_version=sealed_brand.manifest.version,
+            provider_version=sealed_provider.manifest.version,
+        )
+        (folder / "persona-job.toml").write_bytes(persona_text)
+        with served.client(provider.tls) as client:
+            release_keys(client, provider.keys, provider.policy, persona_text)
+        with served.client(brand.tls) as client:
+            persona_run = run_job(client, brand.keys, brand.policy, persona_text)
         empty_after_job = served.island.burn.is_empty()
         url = served.url
         burn_root = served.burn_root
@@ -443,6 +503,11 @@ def _execute(ctx: DemoContext, folder: Path) -> IslandDemoResult:
     if rows is None or summary is None:
         raise IntegrityError(f"the brand received {sorted(run.results)}, not both outputs")
     _check_stamps(run, verdict)
+    _check_stamps(persona_run, verdict)
+    persona_counts = persona_run.results.get(_PERSONA_OUTPUT)
+    if persona_counts is None:
+        raise IntegrityError(f"the brand received {sorted(persona_run.results)}, not the persona")
+    _check_persona(persona_counts, brand_table, provider_table)
     matched_island = _matched_from_summary(summary)
     if matched_island != psi.num_rows:
         raise IntegrityError(
@@ -468,7 +533,7 @@ def _execute(ctx: DemoContext, folder: Path) -> IslandDemoResult:
     results_dir = folder / "brand" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     files = {"results": results_dir}
-    for name, table in run.results.items():
+    for name, table in [*run.results.items(), *persona_run.results.items()]:
         pq.write_table(table, results_dir / f"{name}.parquet")
     (results_dir / "receipts.json").write_text(
         json.dumps([r.to_json() for r in run.receipts], indent=2), encoding="utf-8"
@@ -495,6 +560,7 @@ def _execute(ctx: DemoContext, folder: Path) -> IslandDemoResult:
         temp_area_empty_after_job=empty_after_job,
         temp_area_empty_after_shutdown=empty_after_shutdown,
         url=url,
+        persona=persona_counts,
         files=files,
     )
 
@@ -568,11 +634,34 @@ def _sections(result: IslandDemoResult, folder: Path) -> dict[str, dict[str, Any
         else "NOT EMPTY",
         "outputs": str(folder),
     }
-    return {
+    sections = {
         "7 · secure island: attestation and key release": trust,
         "7 · secure island: sealed bucketed upload": upload,
         "7 · secure island: match + tag augmentation job": job,
     }
+    if result.persona is not None:
+        cells, _ = persona_statistics(result.persona, PersonaConfig())
+        top = [
+            r
+            for r in cells.to_pylist()
+            if r["tgi"] is not None and r["significant"] and r["target_count"] is not None
+        ]
+        top.sort(key=lambda r: -r["tgi"])
+        withheld = sum(1 for s in result.persona.column(SUPPRESSED_COLUMN).to_pylist() if s)
+        persona_section: dict[str, Any] = {
+            "job": "persona on phone=phone: matched members (T) against the uploaded universe "
+            "(U), counted inside, released as guarded counts; TGI derived by the brand",
+            "released": f"{result.persona.num_rows - withheld:,} counts, {withheld:,} withheld "
+            f"below k={MIN_CELL_SIZE}",
+            "check": "equal to the plain persona of the same tables under the same guard",
+        }
+        for r in top[:3]:
+            persona_section[f"TGI {r['dimension']}={r['value']}"] = (
+                f"{r['tgi']:.0f} (share T {r['target_share']:.1%} vs U {r['base_share']:.1%}; "
+                "TGI = share_T / share_U × 100)"
+            )
+        sections["7 · secure island: persona job"] = persona_section
+    return sections
 
 
 def run(ctx: DemoContext) -> dict[str, dict[str, Any]]:
