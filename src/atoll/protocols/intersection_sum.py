@@ -100,6 +100,42 @@ MAX_COLUMNS = 64
 _DOMAIN = b"atoll/intersection-sum/v1"
 
 
+def _read_version(r: Reader) -> int:
+    """The leading version byte; anything but ours is refused before later fields are read."""
+    version = r.u8()
+    if version != SUM_VERSION:
+        raise RemoteProtocolError(
+            f"intersection-sum: ids party speaks version {version}, we speak {SUM_VERSION}"
+        )
+    return version
+
+
+def _added(rows: Sequence[bytes], columns: int) -> bytes:
+    """The point-wise sum of encrypted rows (the peer's ciphertexts: errors are theirs)."""
+    try:
+        return add_rows(list(rows), columns)
+    except CryptoError as exc:
+        raise RemoteProtocolError(f"intersection-sum: bad ciphertext: {exc}") from exc
+
+
+def _encrypted_sum(
+    rows: Sequence[bytes], publics: Sequence[bytes], columns: int, rng: Rng | None
+) -> bytes:
+    """Rows added and re-randomized, so the decryptor cannot tell which were added."""
+    total = _added(rows, columns)
+    try:
+        return rerandomize(total, list(publics), rng=rng)
+    except CryptoError as exc:
+        raise RemoteProtocolError(f"intersection-sum: bad ciphertext: {exc}") from exc
+
+
+def _check_outcome(msg: SumOutcome, cardinality: int, columns: int) -> None:
+    if msg.cardinality != cardinality or len(msg.sums) != columns:
+        raise RemoteProtocolError(
+            "intersection-sum: the values party's outcome does not match what we sent"
+        )
+
+
 def _peer_points(scalar: bytes, points: list[bytes], what: str) -> list[bytes]:
     try:
         return point_mul_many(scalar, points)
@@ -180,11 +216,7 @@ class SumHello(Message):
     @classmethod
     def decode_body(cls, r: Reader) -> Self:
         """Inverse of :meth:`encode_body`."""
-        version = r.u8()
-        if version != SUM_VERSION:  # later fields may differ between versions
-            raise RemoteProtocolError(
-                f"intersection-sum: ids party speaks version {version}, we speak {SUM_VERSION}"
-            )
+        version = _read_version(r)
         kind = r.text(max_len=64)
         columns = r.u16()
         mode = r.u8()
@@ -318,11 +350,7 @@ class SumTotal(Message):
     @classmethod
     def decode_body(cls, r: Reader) -> Self:
         """Inverse of :meth:`encode_body`."""
-        version = r.u8()
-        if version != SUM_VERSION:
-            raise RemoteProtocolError(
-                f"intersection-sum: ids party speaks version {version}, we speak {SUM_VERSION}"
-            )
+        version = _read_version(r)
         context = r.blob(max_len=256)
         runs = r.u32()
         count = r.u64()
@@ -376,20 +404,22 @@ class SumIdsParty(Machine[SumResult | SumPartial]):
         if self._sent is None:
             if not isinstance(msg, SumReply):
                 raise self._unexpected(msg, "SumReply")
-            self._sent = self._add(msg)
-            if self._params.deferred:  # the row is kept for the total, never sent alone
+            hits, rows, publics = self._matched(msg)
+            if self._params.deferred:  # the rows are added in the total, never sent alone
+                row = _added(rows, self._params.columns)
+                self._partial = SumPartial(hits, row, msg.publics, self._peer_size)
                 return []
+            row = _encrypted_sum(rows, publics, self._params.columns, self._rng)
+            self._sent = SumEncrypted(hits, row)
             return [self._sent]
         if not isinstance(msg, SumOutcome):
             raise self._unexpected(msg, "SumOutcome")
-        if msg.cardinality != self._sent.cardinality or len(msg.sums) != self._params.columns:
-            raise RemoteProtocolError(
-                "intersection-sum: the values party's outcome does not match what we sent"
-            )
+        _check_outcome(msg, self._sent.cardinality, self._params.columns)
         self._out = SumResult(msg.cardinality, msg.sums, self._peer_size)
         return []
 
-    def _add(self, msg: SumReply) -> SumEncrypted:
+    def _matched(self, msg: SumReply) -> tuple[int, list[bytes], list[bytes]]:
+        """Check the reply; the match count, the matched ciphertext rows and the public keys."""
         c = self._params.columns
         publics = split(msg.publics, POINT_SIZE)
         if len(publics) != c:
@@ -415,15 +445,7 @@ class SumIdsParty(Machine[SumResult | SumPartial]):
         again = _peer_points(self._key, theirs, "values party's set")
         hits = [j for j, point in enumerate(again) if point in mine]
         rows = [msg.ciphertexts[j * size : (j + 1) * size] for j in hits]
-        try:
-            total = add_rows(rows, c)
-            if self._params.deferred:
-                self._partial = SumPartial(len(hits), total, msg.publics, len(theirs))
-                return SumEncrypted(len(hits), total)
-            total = rerandomize(total, publics, rng=self._rng)
-        except CryptoError as exc:
-            raise RemoteProtocolError(f"intersection-sum: bad ciphertext: {exc}") from exc
-        return SumEncrypted(len(hits), total)
+        return len(hits), rows, publics
 
     def _result(self) -> SumResult | SumPartial:
         if self._partial is not None:
@@ -628,14 +650,8 @@ class SumTotalIdsParty(Machine[SumResult]):
             raise RemoteProtocolError(
                 "intersection-sum: the values party used different keys in different runs"
             )
-        try:
-            row = rerandomize(
-                add_rows([p.row for p in self._partials], c),
-                split(publics, POINT_SIZE),
-                rng=self._rng,
-            )
-        except CryptoError as exc:
-            raise RemoteProtocolError(f"intersection-sum: bad ciphertext: {exc}") from exc
+        rows = [p.row for p in self._partials]
+        row = _encrypted_sum(rows, split(publics, POINT_SIZE), c, self._rng)
         count = sum(int(p.cardinality or 0) for p in self._partials)
         self._sent = SumTotal(self._context, len(self._partials), count, row)
         return [self._sent]
@@ -643,10 +659,7 @@ class SumTotalIdsParty(Machine[SumResult]):
     def _on_receive(self, msg: Message) -> list[Message]:
         if self._sent is None or not isinstance(msg, SumOutcome):
             raise self._unexpected(msg, "SumOutcome")
-        if msg.cardinality != self._sent.cardinality or len(msg.sums) != self._params.columns:
-            raise RemoteProtocolError(
-                "intersection-sum: the values party's outcome does not match what we sent"
-            )
+        _check_outcome(msg, self._sent.cardinality, self._params.columns)
         peer = sum(p.peer_size for p in self._partials)
         self._out = SumResult(msg.cardinality, msg.sums, peer)
         return []
