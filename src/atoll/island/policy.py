@@ -373,18 +373,7 @@ def evaluate(
             raise PolicyRejected(
                 f"{key} = {actual} is below the minimum {minimum}", rule=f"min_svn.{key}"
             )
-    if verdict.collateral_expires is not None and now > verdict.collateral_expires:
-        raise PolicyRejected(
-            f"collateral expired at {verdict.collateral_expires.isoformat()}",
-            rule="collateral_expires",
-        )
-    if policy.max_evidence_age_seconds is not None:
-        age = (now - verdict.verified_at).total_seconds()
-        if age > policy.max_evidence_age_seconds or age < -60:
-            raise PolicyRejected(
-                f"verdict is {age:.0f} s old (max {policy.max_evidence_age_seconds} s)",
-                rule="max_evidence_age_seconds",
-            )
+    _check_fresh(verdict, policy, now, expired="collateral")
     if expected_report_data is None:
         if policy.require_report_data:
             raise PolicyRejected(
@@ -400,6 +389,24 @@ def evaluate(
             "report data does not match the expected binding (key, nonce, manifest)",
             rule="report_data",
         )
+
+
+def _check_fresh(
+    verdict: Verdict, policy: AttestationPolicy, now: datetime, *, expired: str
+) -> None:
+    """Collateral (``expired`` names it) still valid at ``now``; verdict within the max age."""
+    if verdict.collateral_expires is not None and now > verdict.collateral_expires:
+        raise PolicyRejected(
+            f"{expired} expired at {verdict.collateral_expires.isoformat()}",
+            rule="collateral_expires",
+        )
+    if policy.max_evidence_age_seconds is not None:
+        age = (now - verdict.verified_at).total_seconds()
+        if age > policy.max_evidence_age_seconds or age < -60:
+            raise PolicyRejected(
+                f"verdict is {age:.0f} s old (max {policy.max_evidence_age_seconds} s)",
+                rule="max_evidence_age_seconds",
+            )
 
 
 def _check_code_identity(verdict: Verdict, policy: AttestationPolicy) -> None:
@@ -464,18 +471,7 @@ def evaluate_gpu_addon(
         raise PolicyRejected(
             f"{verdict.tee} evidence is not GPU evidence; use evaluate()", rule="gpu_evidence"
         )
-    if verdict.collateral_expires is not None and now > verdict.collateral_expires:
-        raise PolicyRejected(
-            f"GPU certificate chain expired at {verdict.collateral_expires.isoformat()}",
-            rule="collateral_expires",
-        )
-    if policy.max_evidence_age_seconds is not None:
-        age = (now - verdict.verified_at).total_seconds()
-        if age > policy.max_evidence_age_seconds or age < -60:
-            raise PolicyRejected(
-                f"verdict is {age:.0f} s old (max {policy.max_evidence_age_seconds} s)",
-                rule="max_evidence_age_seconds",
-            )
+    _check_fresh(verdict, policy, now, expired="GPU certificate chain")
     if expected_nonce is None:
         if policy.require_report_data:
             raise PolicyRejected(
