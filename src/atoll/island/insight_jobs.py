@@ -22,6 +22,7 @@ numbers), sealed as one long table.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
@@ -45,9 +46,10 @@ from atoll.analytics.persona import (
     persona_counts_table,
     select_dimensions,
 )
+from atoll.data.schema import DEFAULT_TIMEZONE
 from atoll.errors import ConfigError
 from atoll.ids.mapping import MappingConfig, build_id_graph
-from atoll.island.runner import ComputationResult, JobContext, register_computation
+from atoll.island.runner import ComputationResult, JobContext, OpenInput, register_computation
 
 __all__ = ["attribution_job", "ivt_job", "lbs_tags_job", "persona_job"]
 
@@ -120,7 +122,29 @@ _ATTRIBUTION_OPTIONS: dict[str, tuple[type, ...]] = {
 }
 
 
-def _day(params: dict[str, Any], name: str) -> date:
+def _options(params: Mapping[str, Any], spec: Mapping[str, tuple[type, ...]]) -> dict[str, Any]:
+    """The ``[params]`` named in ``spec`` that are given, type-checked (``bool`` only if listed)."""
+    out: dict[str, Any] = {}
+    for name, types in spec.items():
+        if name in params:
+            value = params[name]
+            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+                raise ConfigError(f"params.{name}: unexpected value {value!r}")
+            out[name] = value
+    return out
+
+
+def _input(ctx: JobContext, params: Mapping[str, Any], role: str) -> OpenInput:
+    """The input ``params[role]`` names, by default the input called ``role``."""
+    name = params.get(role, role)
+    if isinstance(name, str) and name in ctx.inputs:
+        return ctx.inputs[name]
+    if role in params:
+        raise ConfigError(f"params.{role} names no input of this job ({name!r})")
+    raise ConfigError(f"{ctx.job.computation} needs an input named {role!r} (or params.{role})")
+
+
+def _day(params: Mapping[str, Any], name: str) -> date:
     value = params.get(name)
     if isinstance(value, date) and not isinstance(value, datetime):
         return value  # TOML dates arrive as dates
@@ -133,25 +157,11 @@ def _day(params: dict[str, Any], name: str) -> date:
 
 
 def _attribution_config(params: dict[str, Any]) -> AttributionConfig:
-    window_days = params.get("window_days", 15)
-    timezone = params.get("timezone", "Asia/Shanghai")
-    if isinstance(window_days, bool) or not isinstance(window_days, int):
-        raise ConfigError(f"params.window_days must be an integer, got {window_days!r}")
-    if not isinstance(timezone, str):
-        raise ConfigError(f"params.timezone must be a string, got {timezone!r}")
+    calendar = _options(params, {"window_days": (int,), "timezone": (str,)})
     window = CampaignWindow(
-        _day(params, "campaign_start"),
-        _day(params, "campaign_end"),
-        window_days=window_days,
-        timezone=timezone,
+        _day(params, "campaign_start"), _day(params, "campaign_end"), **calendar
     )
-    options: dict[str, Any] = {}
-    for name, types in _ATTRIBUTION_OPTIONS.items():
-        if name in params:
-            value = params[name]
-            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-                raise ConfigError(f"params.{name}: unexpected value {value!r}")
-            options[name] = value
+    options = _options(params, _ATTRIBUTION_OPTIONS)
     models = params.get("models", "all")
     if not isinstance(models, str | list):
         raise ConfigError("params.models must be a string or a list of model names")
@@ -180,31 +190,21 @@ def attribution_job(ctx: JobContext) -> ComputationResult:
     """
     params = dict(ctx.params)
     config = _attribution_config(params)
-    names: dict[str, str] = {}
-    for role in ("exposures", "orders", "edges"):
-        name = params.get(role, role if role != "edges" else None)
-        if name is None:
-            continue
-        if not isinstance(name, str) or name not in ctx.inputs:
-            raise ConfigError(f"attribution: params.{role} names no input of this job ({name!r})")
-        names[role] = name
-    for role in ("exposures", "orders"):
-        if role not in names:
-            raise ConfigError(f"attribution needs an input named {role!r} (or params.{role})")
-    use_ivt = params.get("ivt", False)
-    if not isinstance(use_ivt, bool):
-        raise ConfigError(f"params.ivt must be true or false, got {use_ivt!r}")
+    exposures_in, orders_in = _input(ctx, params, "exposures"), _input(ctx, params, "orders")
+    edges_in = _input(ctx, params, "edges") if "edges" in params else None
+    use_ivt = _options(params, {"ivt": (bool,)}).get("ivt", False)
     graph = None
-    if "edges" in names:
-        edges = ctx.inputs[names["edges"]].read_all()
-        graph = build_id_graph(edges, MappingConfig(), source=f"input {names['edges']}")
-    exposures = ctx.inputs[names["exposures"]].read_all()
+    if edges_in is not None:
+        graph = build_id_graph(
+            edges_in.read_all(), MappingConfig(), source=f"input {edges_in.spec.name}"
+        )
+    exposures = exposures_in.read_all()
     flagged = None
     if use_ivt:
         flagged = _detect(exposures, config.window.timezone).flags["event_id"]
     result = run_attribution(
         exposures,
-        ctx.inputs[names["orders"]].read_all(),
+        orders_in.read_all(),
         config,
         graph=graph,
         exclude_event_ids=flagged,
@@ -240,13 +240,9 @@ def ivt_job(ctx: JobContext) -> ComputationResult:
     island, where ``attribution`` with ``ivt = true`` leaves them out.
     """
     params = dict(ctx.params)
-    name = params.get("exposures", "exposures")
-    if not isinstance(name, str) or name not in ctx.inputs:
-        raise ConfigError(f"ivt: params.exposures names no input of this job ({name!r})")
-    timezone = params.get("timezone", "Asia/Shanghai")
-    if not isinstance(timezone, str):
-        raise ConfigError(f"params.timezone must be a string, got {timezone!r}")
-    report = _detect(ctx.inputs[name].read_all(), timezone).report
+    exposures = _input(ctx, params, "exposures")
+    timezone = _options(params, {"timezone": (str,)}).get("timezone", DEFAULT_TIMEZONE)
+    report = _detect(exposures.read_all(), timezone).report
     rows = [(rule, RULES[rule], report.per_rule[rule]) for rule in report.rules]
     rows += [
         ("GIVT", "GIVT", report.givt),
@@ -278,17 +274,10 @@ def ivt_job(ctx: JobContext) -> ComputationResult:
 
 
 def _lbs_config(params: dict[str, Any]) -> LbsConfig:
-    options: dict[str, Any] = {}
-    for name, types in (("radius_m", (int, float)), ("min_days", (int,)), ("days", (int,))):
-        if name in params:
-            value = params[name]
-            if isinstance(value, bool) or not isinstance(value, types):
-                raise ConfigError(f"params.{name}: unexpected value {value!r}")
-            options[name] = value
-    if "timezone" in params:
-        if not isinstance(params["timezone"], str):
-            raise ConfigError(f"params.timezone must be a string, got {params['timezone']!r}")
-        options["timezone"] = params["timezone"]
+    options = _options(
+        params,
+        {"radius_m": (int, float), "min_days": (int,), "days": (int,), "timezone": (str,)},
+    )
     if "as_of" in params:
         options["as_of"] = _day(params, "as_of")
     return LbsConfig(**options)
@@ -308,18 +297,9 @@ def lbs_tags_job(ctx: JobContext) -> ComputationResult:
     complementary suppression within single-valued dimensions).
     """
     params = dict(ctx.params)
-    names = {}
-    for role in ("pings", "pois"):
-        name = params.get(role, role)
-        if not isinstance(name, str) or name not in ctx.inputs:
-            raise ConfigError(f"lbs_tags: params.{role} names no input of this job ({name!r})")
-        names[role] = name
-    config = _lbs_config(params)
+    pings, pois = _input(ctx, params, "pings"), _input(ctx, params, "pois")
     result = lbs_tags(
-        ctx.inputs[names["pings"]].read_all(),
-        ctx.inputs[names["pois"]].read_all(),
-        config,
-        source=names["pings"],
+        pings.read_all(), pois.read_all(), _lbs_config(params), source=pings.spec.name
     )
     tags = result.tags
     dims, _ = select_dimensions(tags.schema, "device_id", PersonaConfig())
