@@ -773,10 +773,6 @@ def persona_counts_table(counts: PersonaCounts) -> pa.Table:
     table to :func:`persona_statistics` -- what :func:`persona` does, and
     what the island's ``persona`` job does on the other side of the guard.
     """
-    return _counts_table(counts)
-
-
-def _counts_table(counts: PersonaCounts) -> pa.Table:
     dims, values, kinds, groups, t, u, multi = [], [], [], [], [], [], []
 
     def row(d: str, v: str, kind: str, group: str | None, tc: int, uc: int, m: bool) -> None:
@@ -1041,7 +1037,7 @@ def persona_from_counts(
     """Guard merged counts and compute the report (the merge step of the map)."""
     config = config or PersonaConfig()
     guard = guard or Guard()
-    raw = _counts_table(counts)
+    raw = persona_counts_table(counts)
     guarded = guard.apply(
         raw,
         counts=["target_count"],
