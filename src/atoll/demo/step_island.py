@@ -166,6 +166,46 @@ class IslandDemoResult:
         return next(r for r in self.run.receipts if isinstance(r, DeletionReceipt))
 
 
+def _job_toml(
+    brand: dict[str, str],
+    provider: dict[str, str],
+    *,
+    job: str,
+    computation: str,
+    brand_version: int,
+    provider_version: int,
+    params: str,
+    outputs: list[tuple[str, bool]],
+    min_cell_size: int,
+) -> bytes:
+    """A manifest of the demo's two parties: brand members × provider universe on phone.
+
+    ``brand`` / ``provider`` are :meth:`PartyKeys.public` of each party (the
+    manifest pins their signing keys; results are sealed to the brand's
+    HPKE public key); ``outputs`` are ``(name, row_level)`` pairs, all to
+    the brand.
+    """
+    sealed_to_brand = "".join(
+        f'[[outputs]]\nname = "{name}"\nrecipient = "brand"\n'
+        f'public_key = "{brand["public_key"]}"\nrow_level = {str(row_level).lower()}\n'
+        for name, row_level in outputs
+    )
+    return (
+        f'version = 1\njob = "{job}"\ncomputation = "{computation}"\n\n'
+        f'[parties.brand]\nsigning_key = "{brand["signing_key"]}"\n'
+        f'[parties.provider]\nsigning_key = "{provider["signing_key"]}"\n\n'
+        f'[[inputs]]\nname = "seed"\nparty = "brand"\ndataset = "{_BRAND_DATASET}"\n'
+        f"version = {brand_version}\n"
+        f'[[inputs]]\nname = "universe"\nparty = "provider"\ndataset = "{_PROVIDER_DATASET}"\n'
+        f"version = {provider_version}\n\n"
+        '[match]\nleft = "seed"\nright = "universe"\n'
+        '[[match.steps]]\nleft = "phone"\nright = "phone"\n\n'
+        f"{params}"
+        f"{sealed_to_brand}\n"
+        f"[guards]\nmin_cell_size = {min_cell_size}\n"
+    ).encode()
+
+
 def island_job_toml(
     brand: dict[str, str],
     provider: dict[str, str],
@@ -176,30 +216,19 @@ def island_job_toml(
     min_cell_size: int = MIN_CELL_SIZE,
     job: str = "demo-brand-x-provider-tags",
 ) -> bytes:
-    """The job manifest both parties agree on: tag augmentation on phone, two brand outputs.
-
-    ``brand`` / ``provider`` are :meth:`PartyKeys.public` of each party (the
-    manifest pins their signing keys; results are sealed to the brand's
-    HPKE public key).
-    """
+    """The job manifest both parties agree on: tag augmentation on phone, two brand outputs."""
     tags = ", ".join(json.dumps(t) for t in tag_columns)
-    return (
-        f'version = 1\njob = "{job}"\ncomputation = "tag_augmentation"\n\n'
-        f'[parties.brand]\nsigning_key = "{brand["signing_key"]}"\n'
-        f'[parties.provider]\nsigning_key = "{provider["signing_key"]}"\n\n'
-        f'[[inputs]]\nname = "seed"\nparty = "brand"\ndataset = "{_BRAND_DATASET}"\n'
-        f"version = {brand_version}\n"
-        f'[[inputs]]\nname = "universe"\nparty = "provider"\ndataset = "{_PROVIDER_DATASET}"\n'
-        f"version = {provider_version}\n\n"
-        '[match]\nleft = "seed"\nright = "universe"\n'
-        '[[match.steps]]\nleft = "phone"\nright = "phone"\n\n'
-        f'[params]\ntag_columns = [{tags}]\nkey_column = "member_id"\n\n'
-        f'[[outputs]]\nname = "{_ROWS_OUTPUT}"\nrecipient = "brand"\n'
-        f'public_key = "{brand["public_key"]}"\nrow_level = true\n'
-        f'[[outputs]]\nname = "{_SUMMARY_OUTPUT}"\nrecipient = "brand"\n'
-        f'public_key = "{brand["public_key"]}"\nrow_level = false\n\n'
-        f"[guards]\nmin_cell_size = {min_cell_size}\n"
-    ).encode()
+    return _job_toml(
+        brand,
+        provider,
+        job=job,
+        computation="tag_augmentation",
+        brand_version=brand_version,
+        provider_version=provider_version,
+        params=f'[params]\ntag_columns = [{tags}]\nkey_column = "member_id"\n\n',
+        outputs=[(_ROWS_OUTPUT, True), (_SUMMARY_OUTPUT, False)],
+        min_cell_size=min_cell_size,
+    )
 
 
 def persona_job_toml(
@@ -211,20 +240,17 @@ def persona_job_toml(
     min_cell_size: int = MIN_CELL_SIZE,
 ) -> bytes:
     """The second job: the persona of the matched members against the uploaded universe."""
-    return (
-        'version = 1\njob = "demo-member-persona"\ncomputation = "persona"\n\n'
-        f'[parties.brand]\nsigning_key = "{brand["signing_key"]}"\n'
-        f'[parties.provider]\nsigning_key = "{provider["signing_key"]}"\n\n'
-        f'[[inputs]]\nname = "seed"\nparty = "brand"\ndataset = "{_BRAND_DATASET}"\n'
-        f"version = {brand_version}\n"
-        f'[[inputs]]\nname = "universe"\nparty = "provider"\ndataset = "{_PROVIDER_DATASET}"\n'
-        f"version = {provider_version}\n\n"
-        '[match]\nleft = "seed"\nright = "universe"\n'
-        '[[match.steps]]\nleft = "phone"\nright = "phone"\n\n'
-        f'[[outputs]]\nname = "{_PERSONA_OUTPUT}"\nrecipient = "brand"\n'
-        f'public_key = "{brand["public_key"]}"\nrow_level = false\n\n'
-        f"[guards]\nmin_cell_size = {min_cell_size}\n"
-    ).encode()
+    return _job_toml(
+        brand,
+        provider,
+        job="demo-member-persona",
+        computation="persona",
+        brand_version=brand_version,
+        provider_version=provider_version,
+        params="",
+        outputs=[(_PERSONA_OUTPUT, False)],
+        min_cell_size=min_cell_size,
+    )
 
 
 def _check_persona(released: pa.Table, brand: pa.Table, provider: pa.Table) -> None:
