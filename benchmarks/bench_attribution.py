@@ -17,11 +17,13 @@ graph (reported apart: ``atoll ids map`` runs once per graph), then times:
 
 It checks that both give the same per-channel credits, and prints a table
 with wall seconds, CPU seconds (all threads) and the peak resident memory of
-each phase alone (Linux: the high-water mark is reset before each phase, so
-generating the data does not count). ``--data DIR`` keeps the generated
-campaign in ``DIR`` and reuses it on the next run with the same size and
-seed (generating 100M events takes minutes); ``--repeat N`` reports the
-best of N runs of every method.
+each method (Linux: the high-water mark is reset before each run, so
+generating the data does not count; the lowest peak over the rounds).
+``--data DIR`` keeps the generated campaign in ``DIR`` and reuses it on the
+next run with the same size and seed (generating 100M events takes
+minutes). ``--repeat N`` runs N rounds, each running every method once
+(alternating, so a drift in the machine's speed hits all methods alike),
+and reports each method's best run and the speed-up of every round.
 
     .venv/bin/python benchmarks/bench_attribution.py --events 5000000
     .venv/bin/python benchmarks/bench_attribution.py --events 100000000 --no-pandas --buckets 16
@@ -36,6 +38,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -220,19 +223,46 @@ def campaign(folder: Path | None, events: int, seed: int) -> Iterator[dict[str, 
     yield paths
 
 
-def measure(fn: Callable[[], Any], repeat: int) -> tuple[Any, float, float, float]:
-    """``(result, wall s, cpu s, peak RSS MiB)`` of the best (fastest) of ``repeat`` runs."""
-    best: tuple[Any, float, float, float] | None = None
+@dataclass
+class Runs:
+    """One method's timed runs: wall s, CPU s and peak RSS MiB per round, and its last result."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    rss: list[float] = field(default_factory=list)
+    result: Any = None
+
+    @property
+    def best(self) -> int:
+        """The round of the fastest (wall) run."""
+        return int(np.argmin(self.wall))
+
+
+def interleaved(methods: dict[str, Callable[[], Any]], repeat: int) -> dict[str, Runs]:
+    """Run every method once per round, ``repeat`` rounds, alternating.
+
+    Why alternate: this VM's speed drifts by tens of percent over minutes,
+    so running one method's repeats and then the other's can compare a fast
+    spell with a slow one. Each round runs all methods back to back, and
+    the paired ratio of a round compares like with like. The peak RSS of a
+    run also counts memory an earlier method left to the process, so the
+    table reports each method's lowest peak (its first round runs after
+    nothing but the previous methods of that round).
+    """
+    runs = {label: Runs() for label in methods}
     for _ in range(repeat):
-        reset_peak()
-        t0, c0 = time.perf_counter(), time.process_time()
-        result = fn()
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        if best is None or wall < best[1]:
-            best = (result, wall, cpu, peak_rss_mib())
-        del result
-    assert best is not None
-    return best
+        for label, fn in methods.items():
+            reset_peak()
+            t0, c0 = time.perf_counter(), time.process_time()
+            result = fn()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            run = runs[label]
+            run.wall.append(wall)
+            run.cpu.append(cpu)
+            run.rss.append(peak_rss_mib())
+            run.result = result
+            del result
+    return runs
 
 
 def main() -> None:
@@ -242,7 +272,7 @@ def main() -> None:
     parser.add_argument("--buckets", type=int, default=8, help="identity buckets (library default)")
     parser.add_argument("--no-pandas", action="store_true", help="skip the pandas baseline")
     parser.add_argument("--data", type=Path, help="keep (and reuse) the generated data here")
-    parser.add_argument("--repeat", type=int, default=1, help="best of N runs per method")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; each runs every method once")
     args = parser.parse_args()
     with campaign(args.data, args.events, args.seed) as paths:
         t0 = time.perf_counter()
@@ -254,15 +284,13 @@ def main() -> None:
             ("atoll: all 10 models (rule, Markov 1-3 exact, Shapley) + delivery", "all"),
         ]
         table = Table(title=f"attribution: {args.events:,} events, {args.events // 100:,} orders")
-        for col in ("method", "seconds", "CPU s", "events/s", "peak RSS MiB"):
+        for col in ("method", "seconds", "CPU s", "events/s", "peak RSS MiB (lowest)"):
             table.add_column(col, justify="right" if col != "method" else "left")
-        timings: dict[str, float] = {}
-        cpus: dict[str, float] = {}
-        phases: list[str] = []
-        result: AttributionResult | None = None
+        methods: dict[str, Callable[[], Any]] = {}
+        splits: dict[str, dict[str, float]] = {}
         for label, models in runs:
             config = AttributionConfig(window=WINDOW, buckets=args.buckets, models=models)
-            split: dict[str, float] = {}
+            split = splits[label] = {}
 
             def run(config: AttributionConfig = config, split: dict[str, float] = split) -> Any:
                 t0 = time.perf_counter()
@@ -274,29 +302,32 @@ def main() -> None:
                 split.update(prepare=t1 - t0, attribute=time.perf_counter() - t1)
                 return out
 
-            result, wall, cpu, rss = measure(run, args.repeat)
-            timings[label], cpus[label] = wall, cpu
-            phases.append(
-                f"{label.split(':')[1].strip()}: prepare {split['prepare']:.2f} s, "
-                f"bucket map {split['attribute']:.2f} s (last run)"
-            )
-            table.add_row(
-                label, f"{wall:.2f}", f"{cpu:.2f}", f"{args.events / wall:,.0f}", f"{rss:,.0f}"
-            )
-        assert result is not None
-        t_atoll = timings[runs[0][0]]
+            methods[label] = run
+        baseline_label = (
+            "baseline: straightforward pandas (merge + groupby), 5 rule models + delivery"
+        )
         if not args.no_pandas:
             nodes = graph.nodes.to_pandas()
-            baseline, t_pandas, c_pandas, rss = measure(
-                lambda: pandas_attribution(paths, nodes), args.repeat
-            )
+            methods[baseline_label] = lambda: pandas_attribution(paths, nodes)
+        measured = interleaved(methods, args.repeat)
+        for label, done in measured.items():
+            i = done.best
+            wall = done.wall[i]
             table.add_row(
-                "baseline: straightforward pandas (merge + groupby), 5 rule models + delivery",
-                f"{t_pandas:.2f}",
-                f"{c_pandas:.2f}",
-                f"{args.events / t_pandas:,.0f}",
-                f"{rss:,.0f}",
+                label,
+                f"{wall:.2f}",
+                f"{done.cpu[i]:.2f}",
+                f"{args.events / wall:,.0f}",
+                f"{min(done.rss):,.0f}",
             )
+        phases = [
+            f"{label.split(':')[1].strip()}: prepare {split['prepare']:.2f} s, "
+            f"bucket map {split['attribute']:.2f} s (last run)"
+            for label, split in splits.items()
+        ]
+        result: AttributionResult = measured[runs[-1][0]].result
+        if not args.no_pandas:
+            baseline = measured[baseline_label].result
             for model in baseline.columns:
                 ours = dict(zip(result.channels, result.credits[model][0], strict=True))
                 for channel, value in baseline[model].items():
@@ -305,9 +336,15 @@ def main() -> None:
                         channel,
                     )
             console.print(f"pandas and atoll agree on {len(baseline.columns)} models per channel")
+            ours_, theirs = measured[runs[0][0]], measured[baseline_label]
+            paired = sorted(p / a for p, a in zip(theirs.wall, ours_.wall, strict=True))
             console.print(
-                f"speed-up on the same work: {t_pandas / t_atoll:.1f}x wall, "
-                f"{c_pandas / cpus[runs[0][0]]:.1f}x CPU"
+                f"speed-up on the same work, best vs best: "
+                f"{min(theirs.wall) / min(ours_.wall):.1f}x wall, "
+                f"{theirs.cpu[theirs.best] / ours_.cpu[ours_.best]:.1f}x CPU; "
+                f"per round (pandas / atoll, same round): "
+                + ", ".join(f"{r:.1f}x" for r in paired)
+                + f" (median {float(np.median(paired)):.1f}x)"
             )
         console.print(table)
         for line in phases:

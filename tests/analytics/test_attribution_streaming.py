@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from atoll.analytics import attribution, paths
 from atoll.analytics.attribution import (
@@ -185,3 +187,22 @@ def test_prepared_decodes_its_touch_keys() -> None:
     assert rows == want
     assert prepared.base_ms == WINDOW.start_ms
     assert prepared.t_person_chunks[0].dtype == np.int32
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parts=st.lists(
+        st.lists(st.integers(-1, 60), max_size=30) | st.lists(st.integers(-1, 10**9), max_size=5),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_dense_numbering_ranks_the_used_codes(parts: list[list[int]]) -> None:
+    """Both ways of numbering persons (table over the code space, or a sort) rank the codes."""
+    arrays = [np.array(p, dtype=np.int64) for p in parts]
+    out, n = paths._dense(arrays)
+    used = sorted({c for p in parts for c in p if c >= 0})
+    assert n == len(used)
+    rank = {c: i for i, c in enumerate(used)}
+    for p, o in zip(parts, out, strict=True):
+        assert o.tolist() == [rank[c] if c >= 0 else -1 for c in p]

@@ -23,7 +23,13 @@ from atoll.execution import Executor, LocalExecutor, RayExecutor
 
 from . import _tasks
 
-ENGINES = ["inline", "process", pytest.param("ray", marks=pytest.mark.ray)]
+ENGINES = ["inline", "thread", "process", pytest.param("ray", marks=pytest.mark.ray)]
+
+
+@pytest.fixture(scope="module")
+def thread_executor() -> Iterator[LocalExecutor]:
+    with LocalExecutor(workers=2, mode="thread") as executor:
+        yield executor
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +62,11 @@ def executor(request: pytest.FixtureRequest) -> Iterator[Executor]:
 
 def _is_inline(executor: Executor) -> bool:
     return isinstance(executor, LocalExecutor) and executor.mode == "inline"
+
+
+def _in_process(executor: Executor) -> bool:
+    """Tasks and items stay in this process (nothing is pickled): inline and thread modes."""
+    return isinstance(executor, LocalExecutor) and executor.mode in ("inline", "thread")
 
 
 class Recorder:
@@ -223,8 +234,8 @@ def test_exception_that_cannot_travel_still_names_type_and_item(executor: Execut
         assert "LockedError: holds a lock" in str(cause)
 
 
-def test_lambda_tasks_run_inline_only(executor: Executor) -> None:
-    if _is_inline(executor):
+def test_lambda_tasks_run_in_process_only(executor: Executor) -> None:
+    if _in_process(executor):
         assert executor.map(lambda x: x + 1, [1, 2]) == [2, 3]
         return
     with pytest.raises(ConfigError, match="module-level functions"):
@@ -233,7 +244,7 @@ def test_lambda_tasks_run_inline_only(executor: Executor) -> None:
 
 def test_item_that_cannot_travel_is_named(executor: Executor) -> None:
     items: list[object] = [1, threading.Lock(), 3]
-    if _is_inline(executor):
+    if _in_process(executor):
         assert executor.map(_tasks.identity, items) == items
         return
     with pytest.raises(ExecutionError, match=r"task on items\[1\] \(<unlocked _thread.lock"):

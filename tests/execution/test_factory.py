@@ -14,6 +14,12 @@ def test_inline() -> None:
     assert executor.mode == "inline"
 
 
+def test_thread() -> None:
+    executor = make_executor("thread", workers=3)
+    assert isinstance(executor, LocalExecutor)
+    assert (executor.mode, executor.workers) == ("thread", 3)
+
+
 @pytest.mark.parametrize("spec", ["local", "process", " Local "])
 def test_process(spec: str) -> None:
     executor = make_executor(spec, workers=3, chunksize=5)
@@ -42,10 +48,10 @@ def test_every_documented_spec_builds() -> None:
 @pytest.mark.parametrize(
     ("spec", "options", "message"),
     [
-        ("threads", {}, "executor must be one of inline, local, process, ray"),
+        ("threads", {}, "executor must be one of inline, thread, local, process, ray"),
         ("local", {"mode": "inline"}, "mode are set by the executor name"),
         ("local", {"adress": "x"}, "does not take option"),
-        ("inline", {"workers": 2}, "apply only to mode='process'"),
+        ("inline", {"workers": 2}, "apply only to mode='thread' or 'process'"),
         ("ray", {"workers": 2}, "does not take option"),
         ("ray", {"address": "ray://h:1", "num_cpus": 2}, "num_cpus applies only to a local"),
         ("ray", {"address": " "}, "non-empty string"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -103,6 +104,24 @@ def test_inline_runs_in_order_in_the_calling_thread() -> None:
     assert calls == [3, 1, 2]
 
 
+def test_thread_mode_runs_closures_on_pool_threads_at_once() -> None:
+    """Two tasks wait for each other: they can only finish if they run at the same time."""
+    both = threading.Barrier(2, timeout=10)
+    names: list[str] = []
+
+    def meet(x: int) -> int:  # a closure over local state: never pickled in thread mode
+        names.append(threading.current_thread().name)
+        both.wait()
+        return x * 10
+
+    with LocalExecutor(workers=2, mode="thread", chunksize=1) as executor:
+        assert repr(executor) == "LocalExecutor(workers=2, mode='thread')"
+        assert executor.map(meet, [1, 2]) == [10, 20]
+    assert len(names) == 2
+    assert all(name.startswith("atoll-local") for name in names)
+    assert threading.current_thread().name not in names
+
+
 def test_inline_stops_at_the_first_failure() -> None:
     calls: list[int] = []
 
@@ -191,9 +210,9 @@ def test_window_bounds_work_submitted_ahead_of_the_consumer(
         ({"workers": 2.5}, "workers must be a positive integer"),
         ({"chunksize": 0}, "chunksize must be a positive integer"),
         ({"max_in_flight": -1}, "max_in_flight must be a positive integer"),
-        ({"mode": "threads"}, "mode must be 'inline' or 'process'"),
-        ({"mode": "inline", "workers": 2}, "workers apply only to mode='process'"),
-        ({"mode": "inline", "chunksize": 2}, "chunksize apply only to mode='process'"),
+        ({"mode": "threads"}, "mode must be 'inline', 'thread' or 'process'"),
+        ({"mode": "inline", "workers": 2}, "workers apply only to mode='thread' or 'process'"),
+        ({"mode": "inline", "chunksize": 2}, "chunksize apply only to mode='thread' or 'process'"),
     ],
 )
 def test_bad_options_are_config_errors(kwargs: dict[str, object], message: str) -> None:

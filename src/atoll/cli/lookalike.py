@@ -388,7 +388,7 @@ def score(
     packages: Annotated[str, typer.Option(help="Package kinds")] = ",".join(
         k.name for k in DEFAULT_KINDS
     ),
-    executor: Annotated[str, typer.Option(help="inline | local | ray")] = "inline",
+    executor: Annotated[str, typer.Option(help="inline | thread | local | ray")] = "inline",
     k: Annotated[int, typer.Option(help="Minimum cell size of group personas")] = 50,
     personas: Annotated[bool, typer.Option(help="Profile each group (guarded persona)")] = True,
 ) -> None:

@@ -323,7 +323,9 @@ def attribution_cmd(
     ] = "every",
     half_life_days: Annotated[float, typer.Option(help="Time-decay half-life.")] = 7.0,
     buckets: Annotated[int, typer.Option(min=1, max=65536, help="Identity buckets.")] = 8,
-    executor: Annotated[str, typer.Option(help="Executor: inline, local or ray.")] = "inline",
+    executor: Annotated[
+        str, typer.Option(help="Where buckets run: thread (this process), inline, local or ray.")
+    ] = "thread",
     k: Annotated[
         int, typer.Option(min=1, help="Minimum cell size (the contract's may be stricter).")
     ] = 50,

@@ -39,13 +39,15 @@ __all__ = [
 ]
 
 #: The engine names :func:`make_executor` accepts ("local" and "process" are synonyms).
-EXECUTOR_SPECS = ("inline", "local", "process", "ray")
+EXECUTOR_SPECS = ("inline", "thread", "local", "process", "ray")
 
 
 def make_executor(spec: str = "local", **options: Any) -> Executor:
     """Build an executor from its CLI name and options (not yet entered).
 
     * ``"inline"`` -- :class:`LocalExecutor` in the calling thread;
+    * ``"thread"`` -- :class:`LocalExecutor` with a thread pool (options:
+      ``workers``, ``chunksize``, ``max_in_flight``, ``progress``);
     * ``"local"`` / ``"process"`` -- :class:`LocalExecutor` with a process
       pool (options: ``workers``, ``chunksize``, ``max_in_flight``, ``progress``);
     * ``"ray"`` -- :class:`RayExecutor` (options: ``address``, ``num_cpus``,
@@ -61,6 +63,8 @@ def make_executor(spec: str = "local", **options: Any) -> Executor:
     fixed: dict[str, Any]
     if key == "inline":
         cls, fixed = LocalExecutor, {"mode": "inline"}
+    elif key == "thread":
+        cls, fixed = LocalExecutor, {"mode": "thread"}
     elif key in ("local", "process"):
         cls, fixed = LocalExecutor, {"mode": "process"}
     elif key == "ray":

@@ -1,12 +1,17 @@
-"""The local engine: run tasks in the calling thread or in a pool of processes.
+"""The local engine: run tasks in the calling thread, a pool of threads or of processes.
 
-Why: most jobs fit one machine, and the default must need no server. Two
+Why: most jobs fit one machine, and the default must need no server. Three
 modes behind one class:
 
 * ``"inline"`` runs every task in the calling thread, in input order. It is
   deterministic, has no start-up cost and shows the task's own traceback;
-  tests and small inputs use it (library functions that accept an optional
-  executor default to it).
+  tests and small inputs use it (most library functions that accept an
+  optional executor default to it).
+* ``"thread"`` runs chunks on a :class:`concurrent.futures.ThreadPoolExecutor`
+  of ``workers`` threads in this process. Nothing is pickled and nothing
+  starts up, so it suits short tasks over arrays the caller already holds,
+  whose time is spent in NumPy or Arrow kernels that release the GIL (the
+  attribution bucket map uses it by default). Pure-Python tasks gain nothing.
 * ``"process"`` runs chunks of items on a
   :class:`concurrent.futures.ProcessPoolExecutor` of ``workers`` processes
   (default: the CPUs this process may use), so CPU-bound bucket tasks use
@@ -48,7 +53,7 @@ from atoll.execution.base import (
 __all__ = ["LocalExecutor", "Mode", "default_workers"]
 
 #: The local execution modes.
-Mode = Literal["inline", "process"]
+Mode = Literal["inline", "thread", "process"]
 _START_METHOD = "spawn"
 
 
@@ -60,9 +65,9 @@ def default_workers() -> int:
 
 
 class LocalExecutor(PooledExecutor["cf.Future[ChunkResult]"]):
-    """Run tasks inline (``mode="inline"``) or on a local process pool (``"process"``).
+    """Run tasks inline (``mode="inline"``), on threads (``"thread"``) or processes (``"process"``).
 
-    ``workers`` (process mode; default :func:`default_workers`) sizes the
+    ``workers`` (pool modes; default :func:`default_workers`) sizes the
     pool. ``chunksize`` items travel per round trip (default: about four
     chunks per worker); ``max_in_flight`` bounds the chunks submitted but not
     yet consumed (default: twice the workers). Neither applies to the inline
@@ -84,7 +89,9 @@ class LocalExecutor(PooledExecutor["cf.Future[ChunkResult]"]):
         progress: Progress | None = None,
     ) -> None:
         if mode not in get_args(Mode):
-            raise ConfigError(f"local executor mode must be 'inline' or 'process', got {mode!r}")
+            raise ConfigError(
+                f"local executor mode must be 'inline', 'thread' or 'process', got {mode!r}"
+            )
         if mode == "inline":
             extra = {
                 name: value
@@ -97,7 +104,7 @@ class LocalExecutor(PooledExecutor["cf.Future[ChunkResult]"]):
             }
             if extra:
                 raise ConfigError(
-                    f"option(s) {', '.join(sorted(extra))} apply only to mode='process'"
+                    f"option(s) {', '.join(sorted(extra))} apply only to mode='thread' or 'process'"
                 )
         super().__init__(chunksize=chunksize, max_in_flight=max_in_flight, progress=progress)
         if workers is not None and (
@@ -106,12 +113,14 @@ class LocalExecutor(PooledExecutor["cf.Future[ChunkResult]"]):
             raise ConfigError(f"workers must be a positive integer, got {workers!r}")
         self.mode: Mode = mode
         self.workers: int = 1 if mode == "inline" else (workers or default_workers())
-        self._pool: cf.ProcessPoolExecutor | None = None
+        self._pool: cf.Executor | None = None
+        if mode == "thread":
+            self.backend_name = "the thread pool"
 
     def __repr__(self) -> str:
         if self.mode == "inline":
             return "LocalExecutor(mode='inline')"
-        return f"LocalExecutor(workers={self.workers}, mode='process')"
+        return f"LocalExecutor(workers={self.workers}, mode={self.mode!r})"
 
     # -- lifetime -----------------------------------------------------------
 
@@ -120,6 +129,10 @@ class LocalExecutor(PooledExecutor["cf.Future[ChunkResult]"]):
             self._pool = cf.ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context(_START_METHOD),
+            )
+        elif self.mode == "thread":
+            self._pool = cf.ThreadPoolExecutor(
+                max_workers=self.workers, thread_name_prefix="atoll-local"
             )
 
     def _close(self) -> None:
@@ -130,8 +143,8 @@ class LocalExecutor(PooledExecutor["cf.Future[ChunkResult]"]):
     # -- inline mode --------------------------------------------------------
 
     def _prepare(self, fn: Any) -> Any:
-        # Inline tasks never leave this process, so any callable will do.
-        return fn if self.mode == "inline" else super()._prepare(fn)
+        # Inline and thread tasks never leave this process, so any callable will do.
+        return fn if self.mode != "process" else super()._prepare(fn)
 
     def _iterate(
         self,
@@ -142,7 +155,7 @@ class LocalExecutor(PooledExecutor["cf.Future[ChunkResult]"]):
         describe: Describe | None,
         generation: int,
     ) -> Generator[tuple[int, Any], None, None]:
-        if self.mode == "process":
+        if self.mode != "inline":
             return super()._iterate(task, batch, ordered, reporter, describe, generation)
         return self._iterate_inline(task, batch, reporter, describe, generation)
 
@@ -166,7 +179,7 @@ class LocalExecutor(PooledExecutor["cf.Future[ChunkResult]"]):
             reporter.advance(1)
             yield index, value
 
-    # -- process mode primitives ----------------------------------------------
+    # -- pool mode primitives (threads or processes) -----------------------------
 
     def _parallelism(self) -> int:
         return self.workers

@@ -49,6 +49,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -220,6 +221,47 @@ class IdGraph:
         index = pc.index_in(ids.cast(pa.string()), value_set=same_kind["id"])
         found = same_kind["one_id"].take(index)
         return found.combine_chunks() if isinstance(found, pa.ChunkedArray) else found
+
+    @property
+    def n_components(self) -> int:
+        """How many components (persons) the graph has: ``components`` numbers them ``0..n-1``."""
+        return self._numbered[0]
+
+    def components(self, id_type: str, ids: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.int64]:
+        """The component number of each *normalized* identifier of kind ``id_type``; -1 if absent.
+
+        The integer form of :meth:`lookup`: two identifiers have the same
+        number exactly when they have the same ``one_id``. Numbers are dense
+        (``0 .. n_components - 1``) and stable for this graph object; the
+        per-kind tables are built on first use and kept.
+        """
+        label = IdKind.parse(id_type).label
+        if isinstance(ids, pa.ChunkedArray):
+            ids = ids.combine_chunks()
+        if not isinstance(ids, pa.Array):
+            raise ConfigError(f"components expects a pyarrow array of identifiers, got {type(ids)}")
+        if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+            raise SchemaError(f"components expects string identifiers, got {ids.type}")
+        kinds = self._numbered[1]
+        if label not in kinds:
+            return np.full(len(ids), -1, dtype=np.int64)
+        values, numbers = kinds[label]
+        index = pc.fill_null(pc.index_in(ids.cast(pa.string()), value_set=values), -1)
+        found: npt.NDArray[np.int64] = numbers[index.to_numpy(zero_copy_only=False)]
+        return found
+
+    @cached_property
+    def _numbered(self) -> tuple[int, dict[str, tuple[pa.Array, npt.NDArray[np.int64]]]]:
+        """``(n_components, {kind: (ids, component numbers)})``, numbered by ``one_id``."""
+        encoded = pc.dictionary_encode(self.nodes["one_id"].combine_chunks())
+        number = np.append(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), -1)
+        kinds: dict[str, tuple[pa.Array, npt.NDArray[np.int64]]] = {}
+        types = self.nodes["id_type"].combine_chunks()
+        for label in pc.unique(types).to_pylist():
+            rows = pc.indices_nonzero(pc.equal(types, label)).to_numpy()
+            ids = self.nodes["id"].combine_chunks().take(rows).cast(pa.string())
+            kinds[str(label)] = (ids, np.append(number[rows], -1))
+        return len(encoded.dictionary), kinds
 
 
 def build_id_graph(
