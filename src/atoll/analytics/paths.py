@@ -368,12 +368,11 @@ class _Persons:
     target audience. :func:`_dense` renumbers the persons actually used.
     """
 
-    def __init__(self, graph: IdGraph | None, devices: pa.Array) -> None:
+    def __init__(
+        self, graph: IdGraph | None, devices: pa.Array, known: npt.NDArray[np.int64]
+    ) -> None:
+        """``known``: the graph component of each of ``devices`` (-1: not in the graph)."""
         first = graph.n_components if graph is not None else 0
-        if graph is not None:
-            known = graph.components("device_id", devices)
-        else:
-            known = np.full(len(devices), -1, dtype=np.int64)
         unknown = _bool(pc.is_valid(devices)) & (known < 0)
         own = np.cumsum(unknown, dtype=np.int64) + (first - 1)
         #: Person code of each distinct exposure device (-1: invalid id).
@@ -522,11 +521,11 @@ def _prepare(
     if isinstance(ex_source, pa.Table):
         _check_columns(ex_source.schema, ex_name)
 
-    scan = _EventScan(exclude_event_ids, window, source=ex_name)
+    scan = _EventScan(exclude_event_ids, window, source=ex_name, graph=graph)
     rows, batches = _event_batches(ex_source, ex_name, with_event_id=exclude_event_ids is not None)
     scan.add_all(rows, batches)
-    devices, group_devices = scan.devices()
-    persons = _Persons(graph, devices)
+    devices, group_devices, known = scan.devices()
+    persons = _Persons(graph, devices, known)
     o_code, o_devices = order_keys.result()
     if o_devices is not None and (o_code < 0).any():
         rest = o_code < 0
@@ -814,9 +813,12 @@ class _EventScan:
         window: CampaignWindow,
         *,
         source: str,
+        graph: IdGraph | None = None,
     ) -> None:
         self._source = source
         self._window = window
+        self._graph = graph
+        self._known: list[npt.NDArray[np.int64]] = []
         self._exclude: pa.Array | None = None
         if exclude is not None:
             ids = exclude.combine_chunks() if isinstance(exclude, pa.ChunkedArray) else exclude
@@ -899,19 +901,30 @@ class _EventScan:
         bounds = np.cumsum([head, *(len(d) for d in waiting)])
         self._remaps.extend(index[a:b].copy() for a, b in pairwise(bounds))
         self._merged = encoded.dictionary
+        # Look the new ids up in the graph now: a merge before the last one
+        # runs while later groups are still being encoded.
+        new = self._merged.slice(head)
+        if self._graph is not None:
+            self._known.append(self._graph.components("device_id", new))
+        else:
+            self._known.append(np.full(len(new), -1, dtype=np.int64))
 
-    def devices(self) -> tuple[pa.Array, list[npt.NDArray[np.int32]]]:
-        """Distinct normalized device ids, and each group's entries' index in them.
+    def devices(
+        self,
+    ) -> tuple[pa.Array, list[npt.NDArray[np.int32]], npt.NDArray[np.int64]]:
+        """Distinct normalized device ids, each group's entries' index in them, their component.
 
-        The index is -1 for an entry that is not a valid device id. The ids
-        are distinct even for a lone group: normalizing can map two raw ids
-        of a group to one (`` ABC`` and ``abc``), and persons are numbered
-        from these ids.
+        The index is -1 for an entry that is not a valid device id; the
+        component (:meth:`IdGraph.components`) is -1 for an id the graph does
+        not know. The ids are distinct even for a lone group: normalizing can
+        map two raw ids of a group to one (`` ABC`` and ``abc``), and persons
+        are numbered from these ids.
         """
         self._merge()
         merged, remaps = self._merged, self._remaps
-        self._merged, self._remaps = pa.array([], pa.string()), []
-        return merged, remaps
+        known = np.concatenate(self._known) if self._known else np.empty(0, np.int64)
+        self._merged, self._remaps, self._known = pa.array([], pa.string()), [], []
+        return merged, remaps, known
 
     def channels(self) -> tuple[list[str], list[npt.NDArray[np.int32]]]:
         """Channel names (sorted) and, per group, its channel codes' index into them (+ -1)."""
