@@ -819,6 +819,10 @@ class _EventScan:
         self._window = window
         self._graph = graph
         self._known: list[npt.NDArray[np.int64]] = []
+        self._unlooked: list[pa.Array] = []
+        # A graph lookup hashes every device id of the graph first, so new ids
+        # are looked up once they are half as many (else at the end).
+        self._lookup_at = max(graph.count("device_id") // 2, 1) if graph is not None else 1
         self._exclude: pa.Array | None = None
         if exclude is not None:
             ids = exclude.combine_chunks() if isinstance(exclude, pa.ChunkedArray) else exclude
@@ -901,9 +905,21 @@ class _EventScan:
         bounds = np.cumsum([head, *(len(d) for d in waiting)])
         self._remaps.extend(index[a:b].copy() for a, b in pairwise(bounds))
         self._merged = encoded.dictionary
-        # Look the new ids up in the graph now: a merge before the last one
-        # runs while later groups are still being encoded.
-        new = self._merged.slice(head)
+        # Look new ids up in the graph early when there are enough of them: a
+        # merge before the last one runs while later groups are being encoded.
+        self._unlooked.append(self._merged.slice(head))
+        if sum(len(a) for a in self._unlooked) >= self._lookup_at:
+            self._look_up()
+
+    def _look_up(self) -> None:
+        """Find the graph component of the merged ids not looked up yet."""
+        if not self._unlooked:
+            return
+        parts = self._unlooked
+        if len({a.type for a in parts}) > 1:  # a merge past 1 GiB switched to large_string
+            parts = [a.cast(pa.large_string()) for a in parts]
+        new = pa.concat_arrays(parts) if len(parts) > 1 else parts[0]
+        self._unlooked = []
         if self._graph is not None:
             self._known.append(self._graph.components("device_id", new))
         else:
@@ -921,6 +937,7 @@ class _EventScan:
         are numbered from these ids.
         """
         self._merge()
+        self._look_up()
         merged, remaps = self._merged, self._remaps
         known = np.concatenate(self._known) if self._known else np.empty(0, np.int64)
         self._merged, self._remaps, self._known = pa.array([], pa.string()), [], []

@@ -227,6 +227,12 @@ class IdGraph:
         """How many components (persons) the graph has: ``components`` numbers them ``0..n-1``."""
         return self._numbered[0]
 
+    def count(self, id_type: str) -> int:
+        """How many identifiers of kind ``id_type`` the graph holds."""
+        tables = self._numbered[1]
+        label = IdKind.parse(id_type).label
+        return len(tables[label][0]) if label in tables else 0
+
     def components(self, id_type: str, ids: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.int64]:
         """The component number of each *normalized* identifier of kind ``id_type``; -1 if absent.
 
