@@ -452,6 +452,7 @@ def test_components_number_the_one_ids(pairs: list[tuple[int, int]], asked: list
     graph = build_id_graph(edge_table(pairs))
     assert graph.n_components == len(set(graph.nodes["one_id"].to_pylist()))
     for kind in KINDS:
+        assert graph.count(kind) == graph.nodes["id_type"].to_pylist().count(kind)
         values = pa.array([node(i)[1] for i in asked if node(i)[0] == kind] + [None], pa.string())
         numbers = graph.components(kind, values)
         one_ids = graph.lookup(kind, values).to_pylist()
