@@ -337,6 +337,8 @@ def main() -> None:
                     )
             console.print(f"pandas and atoll agree on {len(baseline.columns)} models per channel")
             ours_, theirs = measured[runs[0][0]], measured[baseline_label]
+            for n, (a, p) in enumerate(zip(ours_.wall, theirs.wall, strict=True), 1):
+                console.print(f"round {n}: atoll {a:.2f} s, pandas {p:.2f} s -> {p / a:.1f}x")
             paired = sorted(p / a for p, a in zip(theirs.wall, ours_.wall, strict=True))
             console.print(
                 f"speed-up on the same work, best vs best: "
