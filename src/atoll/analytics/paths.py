@@ -24,15 +24,19 @@ How (the exposure log is the large input: 100M events and more):
   of all groups — merged progressively, so the memory they take follows the
   distinct ids, not their sum over groups — are looked up in the graph
   (measured ~3x faster than the same join in DuckDB on 2M events). The
-  per-event hash is most of the cost of resolution;
+  per-event hash is most of the cost of resolution. Persons are integers
+  from there on: a graph component number (:meth:`IdGraph.components`) or
+  one number per device the graph does not know; no per-person key
+  string is built;
 * the cost column is summed per channel inside the worker (valid device
   ids are known there), so what stays per event until persons are numbered
   is 15 bytes (device index, channel, kind, time); each group is then turned
   into touches and dropped;
-* a device the graph does not know is a person of its own (key
-  ``device_id:<id>``); an order whose phone / member id / device id the graph
-  does not know cannot be linked to any exposure and is reported as
-  ``unresolved_id`` (never dropped silently);
+* a device the graph does not know is a person of its own; so is an
+  order's device id the graph does not know (the same person as that
+  device's exposures). An order with no device id whose phone / member id
+  the graph does not know cannot be linked to any exposure and is reported
+  as ``unresolved_id`` (never dropped silently);
 * events that cannot be used are counted per reason (invalid device id,
   unknown event type, unknown time, excluded as invalid traffic, after the
   conversion window).
@@ -478,7 +482,7 @@ def prepare(
     ex_name = str(exposures) if not isinstance(exposures, pa.Table) else "exposures"
     or_name = str(orders) if not isinstance(orders, pa.Table) else "orders"
     order_table = _order_table(orders, or_name, window.timezone)  # a bad file fails fast
-    # Resolving orders to person keys does not depend on the exposure log: it
+    # Resolving orders to graph components does not depend on the exposure log: it
     # runs in a thread while the log is scanned.
     with ThreadPoolExecutor(max_workers=1) as side:
         order_keys = side.submit(_order_components, order_table, graph, source=or_name)
@@ -508,7 +512,7 @@ def _prepare(
     exclude_event_ids: pa.Array | pa.ChunkedArray | None,
     event_filter: Callable[[pa.Table], pa.Table] | None,
 ) -> Prepared:
-    """:func:`prepare` once the order table is read and its person keys are being resolved."""
+    """:func:`prepare` once the order table is read and its persons are being resolved."""
     event_counts: dict[str, int] = {}
     if event_filter is not None:
         if isinstance(ex_source, Path):
