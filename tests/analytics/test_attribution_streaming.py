@@ -12,7 +12,9 @@ from the generated events.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from atoll.analytics.attribution import (
     attribute,
 )
 from atoll.analytics.paths import Prepared, prepare
+from atoll.errors import SchemaError
 from atoll.execution import make_executor
 from tests.analytics.test_attribution_kat import WINDOW, Order, Touch, at, exposures, orders
 
@@ -85,9 +88,13 @@ def expected_counts(touches: list[Touch], excluded: list[str]) -> Counter[str]:
 Run = tuple[Prepared, AttributionResult, AttributionResult, np.ndarray]
 
 
-def results(ex: pa.Table | str, order_table: pa.Table, excluded: list[str]) -> Run:
+Source = pa.Table | str | Callable[[], pa.RecordBatchReader]
+
+
+def results(ex: Source, order_table: pa.Table, excluded: list[str]) -> Run:
     """Prepare once; attribute inline and through an executor; the touches as one sorted key."""
-    prepared = prepare(ex, order_table, WINDOW, exclude_event_ids=pa.array(excluded))
+    source = ex() if callable(ex) else ex  # a reader is consumed: a fresh one per call
+    prepared = prepare(source, order_table, WINDOW, exclude_event_ids=pa.array(excluded))
     config = AttributionConfig(window=WINDOW, buckets=3)
     inline = attribute(prepared, config)
     with make_executor("inline") as executor:
@@ -101,17 +108,26 @@ def results(ex: pa.Table | str, order_table: pa.Table, excluded: list[str]) -> R
     return prepared, inline, mapped, touches
 
 
-@pytest.mark.parametrize("source", ["table", "parquet"])
+@pytest.mark.parametrize("source", ["table", "parquet", "reader"])
 def test_groups_merges_and_waves_change_nothing(
     source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Batches of 128 rows, groups of 384, merges after 40 waiting ids, waves of 300 touches."""
     touches, order_rows, excluded = campaign(3)
-    ex: pa.Table | str = exposures(touches, cost=0.25)
+    table = exposures(touches, cost=0.25)
+    ex: Source = table
     if source == "parquet":
         path = f"{tmp_path}/exposures.parquet"
-        pq.write_table(ex, path, row_group_size=100)
+        pq.write_table(table, path, row_group_size=100)
         ex = path
+    elif source == "reader":  # batches of uneven sizes, some larger than a scan batch
+        cuts = [0, 1, 300, 301, 1000, 2600, table.num_rows]
+        parts = [table.slice(a, b - a).combine_chunks() for a, b in pairwise(cuts)]
+
+        def ex() -> pa.RecordBatchReader:
+            batches = [b for part in parts for b in part.to_batches()]
+            return pa.RecordBatchReader.from_batches(table.schema, batches)
+
     order_table = orders(order_rows)
     one = results(ex, order_table, excluded)
     monkeypatch.setattr(paths, "_BATCH_ROWS", 128)
@@ -206,3 +222,13 @@ def test_dense_numbering_ranks_the_used_codes(parts: list[list[int]]) -> None:
     rank = {c: i for i, c in enumerate(used)}
     for p, o in zip(parts, out, strict=True):
         assert o.tolist() == [rank[c] if c >= 0 else -1 for c in p]
+
+
+def test_reader_missing_a_column_is_named() -> None:
+    touches, order_rows, _ = campaign(3)
+    table = exposures(touches).drop_columns(["device_id"])
+    reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
+    with pytest.raises(SchemaError) as info:
+        prepare(reader, orders(order_rows), WINDOW)
+    assert info.value.column == "device_id"
+    assert info.value.source == "exposures"

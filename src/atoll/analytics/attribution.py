@@ -1053,7 +1053,7 @@ def _finish(
 
 
 def run_attribution(
-    exposures: pa.Table | str,
+    exposures: pa.Table | str | pa.RecordBatchReader,
     orders: pa.Table | str,
     config: AttributionConfig,
     *,
@@ -1067,7 +1067,8 @@ def run_attribution(
 ) -> AttributionResult:
     """Prepare (resolve, window, encode) and attribute in one call.
 
-    ``exposures``/``orders``: tables or files (CSV, Parquet file or folder).
+    ``exposures``/``orders``: tables or files (CSV, Parquet file or folder);
+    ``exposures`` may also be a :class:`pyarrow.RecordBatchReader` (streamed).
     ``graph``: the ID-mapping graph linking devices, phones and member ids
     (without it, only orders carrying a ``device_id`` column can be matched).
     ``exclude_event_ids`` / ``event_filter``: invalid-traffic removal (see

@@ -81,6 +81,8 @@ __all__ = [
 
 #: A table, or a CSV/Parquet file or Parquet folder.
 TableSource: TypeAlias = pa.Table | str | os.PathLike[str]
+#: The exposure log may also stream from a record-batch reader (read once).
+ExposureSource: TypeAlias = TableSource | pa.RecordBatchReader
 #: Milliseconds in a day.
 DAY_MS = 86_400_000
 #: What attribution needs of an order table: the canonical order columns minus
@@ -294,9 +296,11 @@ def member_edges(members: pa.Table, *, source: str = "members") -> pa.Table:
 # ------------------------------------------------------------------ helpers
 
 
-def _exposure_source(source: TableSource, timezone: str) -> pa.Table | Path:
-    """A table, or the path of a Parquet file/folder to scan lazily; CSV is read and validated."""
-    if isinstance(source, pa.Table):
+def _exposure_source(
+    source: ExposureSource, timezone: str
+) -> pa.Table | Path | pa.RecordBatchReader:
+    """A table, a reader, or a Parquet file/folder to scan lazily; CSV is read and validated."""
+    if isinstance(source, pa.Table | pa.RecordBatchReader):
         return source
     if not isinstance(source, str | os.PathLike):
         raise ConfigError(f"exposures: expected a table or a path, got {type(source).__name__}")
@@ -459,7 +463,7 @@ def _order_components(
 
 
 def prepare(
-    exposures: TableSource,
+    exposures: ExposureSource,
     orders: TableSource,
     window: CampaignWindow,
     *,
@@ -470,16 +474,21 @@ def prepare(
 ) -> Prepared:
     """Resolve exposures and orders to persons and encode them (see the module docstring).
 
-    ``exclude_event_ids``: event ids to leave out (e.g. flagged invalid
-    traffic), counted as ``excluded_invalid_traffic``. ``event_filter``: a
-    callable applied to the exposure table before anything else (e.g. an IVT
-    filter returning the valid events); the events it removes are counted as
-    ``removed_by_filter``.
+    ``exposures``: a table, a CSV or Parquet file, a Parquet folder, or a
+    :class:`pyarrow.RecordBatchReader` (streamed batch by batch and consumed;
+    timestamps must carry a timezone, as in a table). ``exclude_event_ids``:
+    event ids to leave out (e.g. flagged invalid traffic), counted as
+    ``excluded_invalid_traffic``. ``event_filter``: a callable applied to the
+    exposure table before anything else (e.g. an IVT filter returning the
+    valid events; a reader is read whole first); the events it removes are
+    counted as ``removed_by_filter``.
     """
     if not isinstance(window, CampaignWindow):
         raise ConfigError("window must be a CampaignWindow")
     ex_source = _exposure_source(exposures, window.timezone)
-    ex_name = str(exposures) if not isinstance(exposures, pa.Table) else "exposures"
+    ex_name = (
+        "exposures" if isinstance(exposures, pa.Table | pa.RecordBatchReader) else str(exposures)
+    )
     or_name = str(orders) if not isinstance(orders, pa.Table) else "orders"
     order_table = _order_table(orders, or_name, window.timezone)  # a bad file fails fast
     # Resolving orders to graph components does not depend on the exposure log: it
@@ -501,7 +510,7 @@ def prepare(
 
 
 def _prepare(
-    ex_source: pa.Table | Path,
+    ex_source: pa.Table | Path | pa.RecordBatchReader,
     ex_name: str,
     order_table: pa.Table,
     order_keys: Future[tuple[npt.NDArray[np.int64], pa.Array | None]],
@@ -514,9 +523,11 @@ def _prepare(
 ) -> Prepared:
     """:func:`prepare` once the order table is read and its persons are being resolved."""
     event_counts: dict[str, int] = {}
-    if event_filter is not None:
+    if event_filter is not None:  # a filter sees the whole table
         if isinstance(ex_source, Path):
             ex_source = read_table(ex_source, EXPOSURES, timezone=window.timezone)
+        elif isinstance(ex_source, pa.RecordBatchReader):
+            ex_source = ex_source.read_all()
         before = ex_source.num_rows
         ex_source = event_filter(ex_source)
         if not isinstance(ex_source, pa.Table):
@@ -620,20 +631,33 @@ _REASONS = (
 
 
 def _event_batches(
-    source: pa.Table | Path, name: str, *, with_event_id: bool
-) -> tuple[int, Iterator[pa.RecordBatch]]:
-    """The number of exposure rows and the columns attribution reads, batch by batch.
+    source: pa.Table | Path | pa.RecordBatchReader, name: str, *, with_event_id: bool
+) -> tuple[int | None, Iterator[pa.RecordBatch]]:
+    """The number of exposure rows (``None``: unknown) and the columns read, batch by batch.
 
     A Parquet file or folder is scanned lazily, with a short read-ahead (a
     couple of batches, one file at a time: Arrow's default read-ahead keeps
-    tens of batches in memory). ``event_id`` is read only when events are to
-    be excluded by id.
+    tens of batches in memory); a reader's batches are cut to at most
+    ``_BATCH_ROWS`` rows. ``event_id`` is read only when events are to be
+    excluded by id.
     """
     wanted = [c for c in _EVENT_COLUMNS if with_event_id or c != "event_id"]
     if isinstance(source, pa.Table):
         _check_columns(source.schema, name)
         columns = [*wanted, *(["cost"] if "cost" in source.column_names else [])]
         return source.num_rows, iter(source.select(columns).to_batches(max_chunksize=_BATCH_ROWS))
+    if isinstance(source, pa.RecordBatchReader):
+        reader = source
+        _check_columns(reader.schema, name)
+        picked = [*wanted, *(["cost"] if "cost" in reader.schema.names else [])]
+
+        def streamed() -> Iterator[pa.RecordBatch]:
+            for batch in reader:
+                batch = batch.select(picked)
+                for start in range(0, batch.num_rows, _BATCH_ROWS):
+                    yield batch.slice(start, _BATCH_ROWS)
+
+        return None, streamed()
     # Read the label columns as Parquet stores them (dictionary pages), which
     # spares hashing every row again (not device ids: too many distinct values).
     # No pre-buffering: on local files it only holds whole row groups in memory
@@ -836,15 +860,20 @@ class _EventScan:
         self._waiting: list[pa.Array] = []
         self._remaps: list[npt.NDArray[np.int32]] = []
 
-    def add_all(self, rows: int, batches: Iterator[pa.RecordBatch]) -> None:
+    def add_all(self, rows: int | None, batches: Iterator[pa.RecordBatch]) -> None:
         """Encode every batch, ``rows / _THREADS`` rows (bounded) per group.
+
+        With ``rows`` unknown (a stream), groups hold half of ``_GROUP_ROWS``.
 
         While the next group is read, at most ``_ENCODING`` groups are being
         encoded, so memory holds at most ``_ENCODING + 1`` groups of raw
         batches besides the encoded arrays (a group encoded ahead of an
         older one waits, encoded, to be collected in stream order).
         """
-        group_rows = min(max(-(-rows // (_THREADS * _SPLIT)), _BATCH_ROWS), _GROUP_ROWS)
+        if rows is None:
+            group_rows = _GROUP_ROWS // 2
+        else:
+            group_rows = min(max(-(-rows // (_THREADS * _SPLIT)), _BATCH_ROWS), _GROUP_ROWS)
         with ThreadPoolExecutor(max_workers=_THREADS) as pool:
             pending: deque[Future[_Group]] = deque()
             buffer: list[pa.RecordBatch] = []

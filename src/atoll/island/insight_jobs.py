@@ -198,9 +198,11 @@ def attribution_job(ctx: JobContext) -> ComputationResult:
         graph = build_id_graph(
             edges_in.read_all(), MappingConfig(), source=f"input {edges_in.spec.name}"
         )
-    exposures = exposures_in.read_all()
+    # Without IVT the exposure log streams bucket by bucket; IVT needs all of it.
+    exposures: pa.Table | pa.RecordBatchReader = exposures_in.reader()
     flagged = None
     if use_ivt:
+        exposures = exposures_in.read_all()
         flagged = _detect(exposures, config.window.timezone).flags["event_id"]
     result = run_attribution(
         exposures,

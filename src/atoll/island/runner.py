@@ -586,6 +586,15 @@ class OpenInput:
         for bucket in self.buckets if buckets is None else buckets:
             yield bucket, self.read_bucket(bucket)
 
+    def reader(self) -> pa.RecordBatchReader:
+        """Every allowed bucket as a stream of record batches, decrypted one bucket at a time."""
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for _, table in self.iter_buckets():
+                yield from table.to_batches()
+
+        return pa.RecordBatchReader.from_batches(self.manifest.schema, batches())
+
     def read_all(self) -> pa.Table:
         """Every allowed bucket, spilled to the job's private area and memory-mapped back."""
         path = self._area.file(f"input-{self.spec.name}.arrow")
