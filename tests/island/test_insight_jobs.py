@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -17,11 +19,12 @@ from atoll.analytics.attribution import (
     run_attribution,
 )
 from atoll.analytics.ivt import IvtConfig, default_lists, detect_ivt
-from atoll.analytics.lbs import lbs_tags
+from atoll.analytics.lbs import LbsConfig, lbs_tags
 from atoll.analytics.paths import CampaignWindow
 from atoll.analytics.persona import persona, persona_statistics
 from atoll.ids.buckets import BucketFunction
 from atoll.ids.mapping import build_id_graph
+from atoll.island import insight_jobs
 from atoll.island.evidence.simulated import SimulatedBackend
 from atoll.island.runner import Island, open_result
 from atoll.privacy import Guard, PrivacyPolicy
@@ -342,3 +345,64 @@ def test_island_lbs_tags_equal_the_plain_ones(tmp_path: Path) -> None:
                 assert cell["devices"] == n
                 checked += 1
     assert checked > 0
+
+
+def _island_lbs_rows(
+    tmp_path: Path, pings: pa.Table, pois: pa.Table, before_run: Callable[[], None] = lambda: None
+) -> pa.Table:
+    island = Island(tmp_path / "island", backend=SimulatedBackend({"backend": "simulated"}))
+    provider, brand = Party("provider", tmp_path), Party("brand", tmp_path)
+    fn = BucketFunction(4)
+    provider.upload(island, provider.seal("pings", pings, "device_id", fn))
+    provider.upload(island, provider.seal("pois", pois, "poi_id", fn))
+    text = _three_party_job(
+        [provider, brand],
+        [("pings", provider), ("pois", provider)],
+        "lbs_tags",
+        "radius_m = 500\nmin_days = 2\n",
+        row_level=True,
+    )
+    job = submit(island, text)
+    provider.release(island, job, sim_policy(island.backend.measurement))
+    before_run()
+    outcome = island.run(job.job_id)
+    assert outcome.status == "done", outcome.error
+    (result,) = outcome.results
+    return open_result(result, brand.hpke, job_digest=job.digest).sort_by("device_id")
+
+
+def test_island_lbs_tags_stream_only_when_each_device_is_in_one_bucket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pings bucketed by device id stream bucket by bucket; pings whose buckets do not
+    follow their normalized device ids (a device could be split) are read whole. Both equal
+    the plain computation."""
+    world = generate_world(WorldConfig(devices=400, seed=3))
+    pings, pois = world.tables["provider/pings"], world.tables["provider/pois"]
+    calls: list[int] = []
+    real = insight_jobs.lbs_tags
+
+    def spy(table: pa.Table, *args: Any, **kwargs: Any) -> Any:
+        calls.append(table.num_rows)
+        return real(table, *args, **kwargs)
+
+    monkeypatch.setattr(insight_jobs, "lbs_tags", spy)
+    rows = _island_lbs_rows(tmp_path / "normalized", pings, pois)
+    config = LbsConfig(radius_m=500, min_days=2)
+    plain = lbs_tags(pings, pois, config).tags.sort_by("device_id")
+    assert rows.to_pylist() == plain.to_pylist()
+    assert len(calls) > 1  # one call per bucket
+    assert sum(calls) == pings.num_rows
+
+    calls.clear()
+    real_assign = BucketFunction.assign_arrow
+
+    def shifted(self: BucketFunction, column: Any, **kwargs: Any) -> Any:
+        return (real_assign(self, column, **kwargs) + 1) % self.buckets
+
+    def misbucket() -> None:  # as if the party had bucketed by another function
+        monkeypatch.setattr(BucketFunction, "assign_arrow", shifted)
+
+    rows = _island_lbs_rows(tmp_path / "other", pings, pois, before_run=misbucket)
+    assert rows.to_pylist() == plain.to_pylist()
+    assert calls == [pings.num_rows]  # read whole

@@ -541,7 +541,8 @@ def _prepare_pois(pois: pa.Table, source: str | None) -> pa.Table:
     return table
 
 
-def _default_as_of(last_us: int, timezone: str) -> date:
+def default_as_of(last_us: int, timezone: str) -> date:
+    """The default ``as_of``: the local day after the last ping (``last_us``, epoch µs)."""
     last = _local_dates(np.array([last_us], dtype=np.int64), timezone)[0].as_py()
     assert isinstance(last, date)
     return last + timedelta(days=1)
@@ -562,7 +563,7 @@ def lbs_tags(
     stays = detect_stays(p, cfg.stay)
     visits = visits_from_stays(stays, index, cfg.timezone)
     if p.num_rows:
-        as_of = cfg.as_of or _default_as_of(
+        as_of = cfg.as_of or default_as_of(
             int(pc.max(pc.cast(p["ts"], pa.int64())).as_py()), cfg.timezone
         )
     else:
@@ -680,7 +681,7 @@ def run_lbs(
         if cfg.as_of is not None:
             as_of = cfg.as_of
         elif seen.last_us is not None:
-            as_of = _default_as_of(seen.last_us, cfg.timezone)
+            as_of = default_as_of(seen.last_us, cfg.timezone)
         else:
             as_of = date.today()
         tasks = [

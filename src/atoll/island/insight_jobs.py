@@ -23,11 +23,13 @@ numbers), sealed as one long table.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from atoll.analytics.attribution import (
     AttributionConfig,
@@ -37,7 +39,7 @@ from atoll.analytics.attribution import (
     run_attribution,
 )
 from atoll.analytics.ivt import RULES, IvtConfig, IvtResult, default_lists, detect_ivt
-from atoll.analytics.lbs import LbsConfig, lbs_tags
+from atoll.analytics.lbs import LbsConfig, default_as_of, lbs_tags
 from atoll.analytics.paths import CampaignWindow
 from atoll.analytics.persona import (
     PersonaConfig,
@@ -46,7 +48,7 @@ from atoll.analytics.persona import (
     persona_counts_table,
     select_dimensions,
 )
-from atoll.data.schema import DEFAULT_TIMEZONE
+from atoll.data.schema import DEFAULT_TIMEZONE, PINGS, validate
 from atoll.errors import ConfigError
 from atoll.ids.mapping import MappingConfig, build_id_graph
 from atoll.island.runner import ComputationResult, JobContext, OpenInput, register_computation
@@ -285,6 +287,35 @@ def _lbs_config(params: dict[str, Any]) -> LbsConfig:
     return LbsConfig(**options)
 
 
+def _stream_as_of(pings: OpenInput, config: LbsConfig) -> date | None:
+    """The ``as_of`` to stream the pings bucket by bucket with, or ``None`` to read them whole.
+
+    Streaming gives the whole-table result only if every device's pings are
+    in one bucket: the input must be bucketed by ``device_id``, as
+    normalized (a party that bucketed raw ids, `` d1`` apart from ``d1``,
+    would split a device). A first pass over the buckets checks that each
+    bucket's normalized device ids belong to it, and finds the last ping
+    for the default ``as_of``; it costs one more decryption of each bucket,
+    and keeps one bucket in memory at a time.
+    """
+    manifest = pings.manifest
+    if manifest.id_column != "device_id":
+        return None
+    fn = manifest.bucket_function
+    last: int | None = None
+    for number, bucket in pings.iter_buckets():
+        valid = validate(bucket, PINGS, source=pings.spec.name, timezone=config.timezone)
+        ids = pc.unique(valid["device_id"].combine_chunks())
+        if len(ids) and not bool((fn.assign_arrow(ids) == number).all()):
+            return None
+        top = pc.max(pc.cast(valid["ts"], pa.int64())).as_py()
+        if top is not None and (last is None or top > last):
+            last = int(top)
+    if config.as_of is not None:
+        return config.as_of
+    return default_as_of(last, config.timezone) if last is not None else date.today()
+
+
 @register_computation("lbs_tags")
 def lbs_tags_job(ctx: JobContext) -> ComputationResult:
     """LBS tags from location pings and POIs, as ordinary tag columns.
@@ -300,17 +331,32 @@ def lbs_tags_job(ctx: JobContext) -> ComputationResult:
     """
     params = dict(ctx.params)
     pings, pois = _input(ctx, params, "pings"), _input(ctx, params, "pois")
-    result = lbs_tags(
-        pings.read_all(), pois.read_all(), _lbs_config(params), source=pings.spec.name
-    )
-    tags = result.tags
+    config = _lbs_config(params)
+    poi_table = pois.read_all()
+    as_of = _stream_as_of(pings, config)
+    streamed = as_of is not None
+    parts: list[pa.Table] = []
+    stays = 0
+    if as_of is not None:  # bucket by bucket: every device's pings are in one bucket
+        config = replace(config, as_of=as_of)
+        for _, bucket in pings.iter_buckets():
+            part = lbs_tags(bucket, poi_table, config, source=pings.spec.name)
+            parts.append(part.tags)
+            stays += part.stays.num_rows
+    else:
+        whole = lbs_tags(pings.read_all(), poi_table, config, source=pings.spec.name)
+        as_of, stays = whole.as_of, whole.stays.num_rows
+        parts.append(whole.tags)
+    if not parts:  # no bucket at all: the empty input's tag table
+        parts.append(lbs_tags(pings.manifest.schema.empty_table(), poi_table, config).tags)
+    tags = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     dims, _ = select_dimensions(tags.schema, "device_id", PersonaConfig())
     counts = count_table(tags, np.ones(tags.num_rows, dtype=bool), dims)
     table = persona_counts_table(counts)
     aggregate = table.select(["dimension", "value", "kind", "group"]).append_column(
         "devices", table["target_count"]
     )
-    ctx.notes["lbs"] = {"as_of": result.as_of.isoformat(), "stays": result.stays.num_rows}
+    ctx.notes["lbs"] = {"as_of": as_of.isoformat(), "stays": stays, "streamed": streamed}
     return ComputationResult(
         aggregate=aggregate,
         counts=("devices",),
