@@ -211,12 +211,7 @@ class IdGraph:
         linear in the number of nodes plus ``len(ids)``.
         """
         label = IdKind.parse(id_type).label
-        if isinstance(ids, pa.ChunkedArray):
-            ids = ids.combine_chunks()
-        if not isinstance(ids, pa.Array):
-            raise ConfigError(f"lookup expects a pyarrow array of identifiers, got {type(ids)}")
-        if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
-            raise SchemaError(f"lookup expects string identifiers, got {ids.type}")
+        ids = _identifiers("lookup", ids)
         same_kind = self.nodes.filter(pc.equal(self.nodes["id_type"], label))
         index = pc.index_in(ids.cast(pa.string()), value_set=same_kind["id"])
         found = same_kind["one_id"].take(index)
@@ -242,12 +237,7 @@ class IdGraph:
         per-kind tables are built on first use and kept.
         """
         label = IdKind.parse(id_type).label
-        if isinstance(ids, pa.ChunkedArray):
-            ids = ids.combine_chunks()
-        if not isinstance(ids, pa.Array):
-            raise ConfigError(f"components expects a pyarrow array of identifiers, got {type(ids)}")
-        if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
-            raise SchemaError(f"components expects string identifiers, got {ids.type}")
+        ids = _identifiers("components", ids)
         kinds = self._numbered[1]
         if label not in kinds:
             return np.full(len(ids), -1, dtype=np.int64)
@@ -268,6 +258,17 @@ class IdGraph:
             ids = self.nodes["id"].combine_chunks().take(rows).cast(pa.string())
             kinds[str(label)] = (ids, np.append(number[rows], -1))
         return len(encoded.dictionary), kinds
+
+
+def _identifiers(method: str, ids: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``ids`` as one string array, or the error ``method`` raises for anything else."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if not isinstance(ids, pa.Array):
+        raise ConfigError(f"{method} expects a pyarrow array of identifiers, got {type(ids)}")
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        raise SchemaError(f"{method} expects string identifiers, got {ids.type}")
+    return ids
 
 
 def build_id_graph(
