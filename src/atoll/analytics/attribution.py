@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -74,7 +73,7 @@ from atoll.analytics.shapley import (
     simplified_shapley,
 )
 from atoll.errors import ConfigError, DataError, SchemaError
-from atoll.execution import Executor, LocalExecutor, default_workers
+from atoll.execution import Executor, LocalExecutor
 from atoll.ids.mapping import IdGraph
 
 __all__ = [
@@ -843,8 +842,8 @@ def _group_by_bucket(prepared: Prepared, b: int) -> list[IntArray]:
     chunks = list(zip(prepared.t_person_chunks, prepared.t_key_chunks, strict=True))
     if len(chunks) <= 1:
         return [group(person, key) for person, key in chunks]
-    with ThreadPoolExecutor(max_workers=default_workers()) as pool:
-        return list(pool.map(lambda chunk: group(*chunk), chunks))
+    with LocalExecutor(mode="thread") as threads:  # in place: never on another process
+        return threads.map(lambda chunk: group(*chunk), chunks)
 
 
 def _bucket_slice(

@@ -201,11 +201,13 @@ def attribution_job(ctx: JobContext) -> ComputationResult:
             edges_in.read_all(), MappingConfig(), source=f"input {edges_in.spec.name}"
         )
     # Without IVT the exposure log streams bucket by bucket; IVT needs all of it.
-    exposures: pa.Table | pa.RecordBatchReader = exposures_in.reader()
+    exposures: pa.Table | pa.RecordBatchReader
     flagged = None
     if use_ivt:
         exposures = exposures_in.read_all()
         flagged = _detect(exposures, config.window.timezone).flags["event_id"]
+    else:
+        exposures = exposures_in.reader()
     result = run_attribution(
         exposures,
         orders_in.read_all(),
