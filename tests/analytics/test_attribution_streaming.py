@@ -34,6 +34,7 @@ from atoll.analytics.attribution import (
 from atoll.analytics.paths import Prepared, prepare
 from atoll.errors import SchemaError
 from atoll.execution import make_executor
+from atoll.ids.mapping import IdGraph, build_id_graph
 from tests.analytics.test_attribution_kat import WINDOW, Order, Touch, at, exposures, orders
 
 INVALID = ("", "null", "0", "x" * 200)
@@ -91,10 +92,30 @@ Run = tuple[Prepared, AttributionResult, AttributionResult, np.ndarray]
 Source = pa.Table | str | Callable[[], pa.RecordBatchReader]
 
 
-def results(ex: Source, order_table: pa.Table, excluded: list[str]) -> Run:
+def linked_graph() -> IdGraph:
+    """Devices ``d2k`` and ``d2k+1`` (k < 40) share a phone; 50 graph devices never show up."""
+    pairs = [(f"1380000{k:04d}", f"d{2 * k + j}") for k in range(40) for j in (0, 1)]
+    pairs += [(f"1390000{k:04d}", f"g{k}") for k in range(50)]
+    return build_id_graph(
+        pa.table(
+            {
+                "id_type_a": ["phone"] * len(pairs),
+                "id_a": [p for p, _ in pairs],
+                "id_type_b": ["device_id"] * len(pairs),
+                "id_b": [d for _, d in pairs],
+            }
+        )
+    )
+
+
+def results(
+    ex: Source, order_table: pa.Table, excluded: list[str], graph: IdGraph | None = None
+) -> Run:
     """Prepare once; attribute inline and through an executor; the touches as one sorted key."""
     source = ex() if callable(ex) else ex  # a reader is consumed: a fresh one per call
-    prepared = prepare(source, order_table, WINDOW, exclude_event_ids=pa.array(excluded))
+    prepared = prepare(
+        source, order_table, WINDOW, exclude_event_ids=pa.array(excluded), graph=graph
+    )
     config = AttributionConfig(window=WINDOW, buckets=3)
     inline = attribute(prepared, config)
     with make_executor("inline") as executor:
@@ -108,11 +129,17 @@ def results(ex: Source, order_table: pa.Table, excluded: list[str]) -> Run:
     return prepared, inline, mapped, touches
 
 
+@pytest.mark.parametrize("with_graph", [False, True], ids=["devices", "graph"])
 @pytest.mark.parametrize("source", ["table", "parquet", "reader"])
 def test_groups_merges_and_waves_change_nothing(
-    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    source: str, with_graph: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Batches of 128 rows, groups of 384, merges after 40 waiting ids, waves of 300 touches."""
+    """Batches of 128 rows, groups of 384, merges after 40 waiting ids, waves of 300 touches.
+
+    With the graph, the scan's last merge takes the graph's device ids too:
+    80 devices are 40 linked pairs, and 50 graph devices are not in the log.
+    """
+    graph = linked_graph() if with_graph else None
     touches, order_rows, excluded = campaign(3)
     table = exposures(touches, cost=0.25)
     ex: Source = table
@@ -129,14 +156,16 @@ def test_groups_merges_and_waves_change_nothing(
             return pa.RecordBatchReader.from_batches(table.schema, batches)
 
     order_table = orders(order_rows)
-    one = results(ex, order_table, excluded)
+    one = results(ex, order_table, excluded, graph)
     monkeypatch.setattr(paths, "_BATCH_ROWS", 128)
     monkeypatch.setattr(paths, "_GROUP_ROWS", 384)
     monkeypatch.setattr(paths, "_MERGE_FLOOR", 40)
     monkeypatch.setattr(attribution, "_WAVE_TOUCHES", 300)
-    many = results(ex, order_table, excluded)
+    many = results(ex, order_table, excluded, graph)
     assert len(many[0].t_key_chunks) > 10  # the small sizes did cut the work
     prepared, inline, _, touch_set = one
+    # Persons: 120 devices, of which 80 are 40 linked pairs (the graph's others unused).
+    assert prepared.n_persons == (80 if with_graph else 120)
     want = expected_counts(touches, excluded)
     for key in ("excluded_invalid_traffic", "invalid_device_id", "unknown_event_type"):
         assert prepared.event_counts[key] == want[key], key

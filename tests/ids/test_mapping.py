@@ -471,11 +471,25 @@ def test_components_number_the_one_ids(pairs: list[tuple[int, int]], asked: list
         by_one_id.setdefault(one_id, set()).add(int(number))
     assert all(len(numbers) == 1 for numbers in by_one_id.values())
     assert len({n for numbers in by_one_id.values() for n in numbers}) == len(by_one_id)
+    # members: every id of a kind once, with the number components gives it.
+    for kind in KINDS:
+        ids, numbers = graph.members(kind)
+        listed = ids.to_pylist()
+        assert sorted(listed) == sorted(
+            v
+            for k, v in zip(*(graph.nodes[c].to_pylist() for c in ("id_type", "id")), strict=True)
+            if k == kind
+        )
+        assert len(set(listed)) == len(listed)
+        assert numbers.tolist() == graph.components(kind, ids).tolist()
 
 
 def test_components_checks_its_input() -> None:
     graph = build_id_graph(edge_table([(0, 1)]))
     assert graph.components("idfa", pa.array(["x"])).tolist() == [-1]  # a kind with no node
+    empty_ids, empty_numbers = graph.members("idfa")
+    assert len(empty_ids) == 0
+    assert empty_numbers.size == 0
     with pytest.raises(ConfigError):
         graph.components("fax", pa.array(["x"]))
     with pytest.raises(SchemaError):

@@ -228,6 +228,22 @@ class IdGraph:
         label = IdKind.parse(id_type).label
         return len(tables[label][0]) if label in tables else 0
 
+    def members(self, id_type: str) -> tuple[pa.Array, npt.NDArray[np.int64]]:
+        """Every identifier of kind ``id_type`` in the graph and its component number.
+
+        ``(ids, numbers)``: distinct normalized ids (``string``) and, for each,
+        the number :meth:`components` gives it. For callers that hash ids
+        against the graph's in a pass of their own (e.g. a dictionary merge)
+        rather than look them up afterwards. Both are empty for a kind the
+        graph does not hold; the arrays are shared: do not modify them.
+        """
+        tables = self._numbered[1]
+        label = IdKind.parse(id_type).label
+        if label not in tables:
+            return pa.array([], pa.string()), np.empty(0, dtype=np.int64)
+        ids, numbers = tables[label]
+        return ids, numbers[:-1]
+
     def components(self, id_type: str, ids: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.int64]:
         """The component number of each *normalized* identifier of kind ``id_type``; -1 if absent.
 
