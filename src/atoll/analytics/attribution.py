@@ -58,8 +58,8 @@ from atoll.analytics.markov import (
 from atoll.analytics.measurement import (
     FORMULAS,
     BasicPartial,
+    basic_from_counts,
     basic_metrics,
-    basic_partial,
     efficiency,
     ratio,
 )
@@ -261,10 +261,32 @@ def rule_credits(
     ``seg`` groups the touches of each order (contiguous, time order inside);
     ``age_ms`` is order time minus touch time.
     """
+    return _rule_credits(
+        model,
+        seg,
+        click,
+        age_ms,
+        _segments(seg) if seg.size else None,
+        half_life_days=half_life_days,
+        position_weights=position_weights,
+    )
+
+
+def _rule_credits(
+    model: str,
+    seg: IntArray,
+    click: BoolArray,
+    age_ms: IntArray,
+    segments: tuple[IntArray, IntArray, IntArray] | None,
+    *,
+    half_life_days: float,
+    position_weights: tuple[float, float],
+) -> FloatArray:
+    """:func:`rule_credits` with ``_segments(seg)`` given (computed once for every model)."""
     n_touch = seg.size
-    if n_touch == 0:
+    if n_touch == 0 or segments is None:
         return np.empty(0, dtype=np.float64)
-    starts, pos, n = _segments(seg)
+    starts, pos, n = segments
     last = pos == n - 1
     if model == "first_touch":
         return np.asarray(pos == 0, dtype=np.float64)
@@ -390,6 +412,31 @@ def _packed_bits(n_local: int, time_bits: int, channel_bits: int) -> int:
     return max(int(n_local).bit_length(), 1) + time_bits + channel_bits + 1
 
 
+def _basic(key: IntArray, rel: IntArray, task: BucketTask, n_local: int) -> BasicPartial:
+    """Delivery counts of a bucket's sorted packed touch keys (``rel``: their time - base).
+
+    One ``bincount`` over ``local person | channel | click`` (the key with its
+    time bits cut out) counts impressions and clicks per person and channel.
+    """
+    low = task.channel_bits + 1
+    shift = task.time_bits + low
+    window = task.config.window
+    code = key >> shift
+    code <<= low
+    code |= key & ((1 << low) - 1)
+    inside = rel >= window.start_ms - task.base_ms
+    inside &= rel < window.campaign_end_ms - task.base_ms
+    if not inside.all():
+        code = code[inside]
+    counts = np.bincount(code, minlength=max(n_local, 1) << low).reshape(
+        -1, 1 << task.channel_bits, 2
+    )
+    c = task.n_channels
+    if c > counts.shape[1]:  # channels only in the spend table have no touches
+        counts = np.pad(counts, ((0, 0), (0, c - counts.shape[1]), (0, 0)))
+    return basic_from_counts(counts[:, :c, 0], counts[:, :c, 1], ta_local=task.ta_local)
+
+
 def bucket_partial(task: BucketTask) -> Partial:
     """Everything additive about one bucket of persons (see the module docstring).
 
@@ -400,33 +447,21 @@ def bucket_partial(task: BucketTask) -> Partial:
     """
     cfg = task.config
     c = task.n_channels
-    window = cfg.window
     b = task.n_buckets
     cbits = task.channel_bits
     low = cbits + 1
     shift = task.time_bits + low
-    key = task.t_person.astype(np.int64)
-    key //= b
+    key = np.empty(task.t_person.size, dtype=np.int64)
+    np.floor_divide(task.t_person, b, out=key)  # the local person, widened in the same pass
     n_local = int(key.max()) + 1 if key.size else 0
     n_local = max(n_local, int(task.o_person.max()) // b + 1 if task.o_person.size else 0)
     key <<= shift
     key |= task.t_key
     key.sort()
-    t_local = key >> shift
-    t_ms = ((key >> low) & ((1 << task.time_bits) - 1)) + task.base_ms
-    t_channel = ((key >> 1) & ((1 << cbits) - 1)).astype(np.int32)
-    t_click = (key & 1).astype(np.bool_)
-    basic = basic_partial(
-        t_local,
-        t_ms,
-        t_channel,
-        t_click,
-        n_local=n_local,
-        n_channels=c,
-        period=(window.start_ms, window.campaign_end_ms),
-        ta_local=task.ta_local,
-    )
-
+    # The sorted keys are read packed; only the touch times are unpacked whole.
+    t_rel = key >> low
+    t_rel &= (1 << task.time_bits) - 1  # touch time - base_ms
+    basic = _basic(key, t_rel, task, n_local)
     # Each order's touches: [lo, hi) in the sorted keys.
     o_local = task.o_person // b
     rel = np.clip(task.o_ms - task.base_ms, -1, (1 << task.time_bits) - 1)
@@ -445,8 +480,9 @@ def bucket_partial(task: BucketTask) -> Partial:
     count[unexposed | before] = 0
     seg, tidx = _expand(lo, count)
     o_n = task.o_ms.size
-    age = task.o_ms[seg] - t_ms[tidx]
-    click = t_click[tidx]
+    age = task.o_ms[seg] - task.base_ms
+    age -= t_rel[tidx]
+    click = (key[tidx] & 1).astype(np.bool_)
     if cfg.click_lookback_days is not None or cfg.view_lookback_days is not None:
         keep = np.ones(seg.size, dtype=np.bool_)
         if cfg.click_lookback_days is not None:
@@ -474,7 +510,11 @@ def bucket_partial(task: BucketTask) -> Partial:
     chosen = np.flatnonzero(attributable)
     n_att = chosen.size
     amount = task.o_amount[chosen]
-    channel = t_channel[tidx]
+    channel_mask = (1 << cbits) - 1
+    channel = (key[tidx] >> 1).astype(np.int32)
+    channel &= channel_mask
+    segments = _segments(seg) if seg.size else None
+    order_amount = amount[seg]
 
     def _status(mask: BoolArray) -> tuple[int, float]:
         return int(mask.sum()), float(task.o_amount[mask].sum())
@@ -491,17 +531,18 @@ def bucket_partial(task: BucketTask) -> Partial:
     for model in cfg.models:
         if model not in RULE_MODELS:
             continue
-        credit = rule_credits(
+        credit = _rule_credits(
             model,
             seg,
             click,
             age,
+            segments,
             half_life_days=cfg.half_life_days,
             position_weights=cfg.position_weights,
         )
         credits[model] = (
             np.bincount(channel, weights=credit, minlength=c).astype(np.float64),
-            np.bincount(channel, weights=credit * amount[seg], minlength=c).astype(np.float64),
+            np.bincount(channel, weights=credit * order_amount, minlength=c).astype(np.float64),
         )
         if task.keep_order_credits:
             nonzero = credit > 0
@@ -518,6 +559,10 @@ def bucket_partial(task: BucketTask) -> Partial:
     if cfg.markov_orders:
         converters = np.zeros(max(n_local, 1), dtype=np.bool_)
         converters[o_local[chosen]] = True
+        t_local = key >> shift
+        t_channel = (key >> 1).astype(np.int32)
+        t_channel &= channel_mask
+        t_click = (key & 1).astype(np.bool_)
         journeys_seg, journeys_chan, converted = _journeys(
             seg, channel, n_att, t_local, t_channel, t_click, converters, cfg
         )

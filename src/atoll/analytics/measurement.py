@@ -39,6 +39,7 @@ __all__ = [
     "FORMULAS",
     "FREQUENCY_BINS",
     "BasicPartial",
+    "basic_from_counts",
     "basic_metrics",
     "basic_partial",
     "efficiency",
@@ -179,12 +180,28 @@ def basic_partial(
     inside = (ms >= period[0]) & (ms < period[1])
     if not inside.all():
         local, channel, click = local[inside], channel[inside], click[inside]
-    channel = channel.astype(np.int64, copy=False)
     c = n_channels
-    cells = max(n_local, 1) * c
-    imp = ~click
-    per_pair = np.bincount(local[imp] * c + channel[imp], minlength=cells).reshape(-1, c)
-    clicked = np.bincount(local[click] * c + channel[click], minlength=cells).reshape(-1, c)
+    code = local.astype(np.int64) * (2 * c)
+    code += channel.astype(np.int64, copy=False) * 2
+    code += click
+    counts = np.bincount(code, minlength=max(n_local, 1) * c * 2).reshape(-1, c, 2)
+    return basic_from_counts(counts[:, :, 0], counts[:, :, 1], ta_local=ta_local)
+
+
+def basic_from_counts(
+    per_pair: IntArray,
+    clicked: IntArray,
+    *,
+    ta_local: npt.NDArray[np.bool_] | None = None,
+) -> BasicPartial:
+    """Delivery counts from impressions and clicks per local person × channel.
+
+    ``per_pair[p, ch]`` / ``clicked[p, ch]``: impressions / clicks of local
+    person ``p`` on channel ``ch`` inside the campaign period (every local
+    person a row, channels the columns); ``ta_local`` as in
+    :func:`basic_partial`.
+    """
+    c = per_pair.shape[1]
     exposed = per_pair > 0
     per_person = per_pair.sum(axis=1)
     uv = exposed.sum(axis=0).astype(np.int64)
