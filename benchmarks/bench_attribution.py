@@ -23,7 +23,8 @@ generating the data does not count; the lowest peak over the rounds).
 next run with the same size and seed (generating 100M events takes
 minutes). ``--repeat N`` runs N rounds, each running every method once
 (alternating, so a drift in the machine's speed hits all methods alike),
-and reports each method's best run and the speed-up of every round.
+and reports each method's best run and the speed-up of every round;
+``--warmup N`` (default 1) untimed rounds come first.
 
     .venv/bin/python benchmarks/bench_attribution.py --events 5000000
     .venv/bin/python benchmarks/bench_attribution.py --events 100000000 --no-pandas --buckets 16
@@ -238,18 +239,32 @@ class Runs:
         return int(np.argmin(self.wall))
 
 
-def interleaved(methods: dict[str, Callable[[], Any]], repeat: int) -> dict[str, Runs]:
+def interleaved(
+    methods: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1
+) -> dict[str, Runs]:
     """Run every method once per round, ``repeat`` rounds, alternating.
+
+    ``warmup`` untimed rounds come first, as in ``pyperf``: a process's first
+    run of a method also pays for one-time work (lazy imports and library
+    initialization, the allocators' first mappings; measured: the first
+    Atoll run took 1.5 s of system time, the next ones 0.1 s), which is
+    not the method's speed.
 
     Why alternate: this VM's speed drifts by tens of percent over minutes,
     so running one method's repeats and then the other's can compare a fast
     spell with a slow one. Each round runs all methods back to back, and
     the paired ratio of a round compares like with like. The peak RSS of a
     run also counts memory an earlier method left to the process, so the
-    table reports each method's lowest peak (its first round runs after
-    nothing but the previous methods of that round).
+    table reports each method's lowest peak over every run, warm-up
+    included (a method's first run follows nothing but the methods before
+    it in the round).
     """
     runs = {label: Runs() for label in methods}
+    for _ in range(warmup):  # peaks count: the first method runs before any other used memory
+        for label, fn in methods.items():
+            reset_peak()
+            fn()
+            runs[label].rss.append(peak_rss_mib())
     for _ in range(repeat):
         for label, fn in methods.items():
             reset_peak()
@@ -273,6 +288,9 @@ def main() -> None:
     parser.add_argument("--no-pandas", action="store_true", help="skip the pandas baseline")
     parser.add_argument("--data", type=Path, help="keep (and reuse) the generated data here")
     parser.add_argument("--repeat", type=int, default=1, help="rounds; each runs every method once")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed rounds first (one-time start-up costs)"
+    )
     args = parser.parse_args()
     with campaign(args.data, args.events, args.seed) as paths:
         t0 = time.perf_counter()
@@ -309,7 +327,7 @@ def main() -> None:
         if not args.no_pandas:
             nodes = graph.nodes.to_pandas()
             methods[baseline_label] = lambda: pandas_attribution(paths, nodes)
-        measured = interleaved(methods, args.repeat)
+        measured = interleaved(methods, args.repeat, args.warmup)
         for label, done in measured.items():
             i = done.best
             wall = done.wall[i]

@@ -877,7 +877,10 @@ def _group_by_bucket(prepared: Prepared, b: int) -> list[IntArray]:
     def group(person: IntArray, key: IntArray) -> IntArray:
         if b == 1:
             return np.array([0, person.size], dtype=np.int64)
-        bucket = (person % b).astype(_bucket_dtype(b))
+        if b & (b - 1) == 0:  # a power of two (the default): a mask, ~5x faster than %
+            bucket = (person & (b - 1)).astype(_bucket_dtype(b))
+        else:
+            bucket = (person % b).astype(_bucket_dtype(b))
         order = np.argsort(bucket, kind="stable")
         person[:] = person[order]
         key[:] = key[order]
