@@ -424,7 +424,22 @@ def _np_bool(arr: pa.Array | pa.ChunkedArray) -> BoolArray:
 
 
 def _all_ascii(arr: pa.Array) -> bool:
-    return len(arr) == 0 or bool(pc.all(pc.string_is_ascii(arr)).as_py())
+    if len(arr) == 0:
+        return True
+    if arr.null_count == 0 and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return bool(_ascii_body(arr) is not None)
+    return bool(pc.all(pc.string_is_ascii(arr)).as_py())
+
+
+def _ascii_body(arr: pa.Array) -> npt.NDArray[np.uint8] | None:
+    """The bytes of a null-free string array when they are all ASCII, else ``None``.
+
+    One vectorized pass over the data buffer (several times faster than
+    ``string_is_ascii``, which walks the strings one by one).
+    """
+    offsets, data = _buffers(arr)
+    body = data[offsets[0] : offsets[-1]]
+    return body if body.size == 0 or int(body.max()) < 0x80 else None
 
 
 def _buffers(arr: pa.Array) -> tuple[IntArray, npt.NDArray[np.uint8]]:
@@ -751,10 +766,24 @@ def _android_id(trimmed: pa.Array) -> tuple[pa.Array, npt.NDArray[np.int8]]:
 
 
 def _opaque(trimmed: pa.Array) -> tuple[pa.Array, npt.NDArray[np.int8]]:
-    lengths = _char_lengths(trimmed)
+    ascii_body = _ascii_body(trimmed)
+    if ascii_body is not None:
+        # ASCII (the usual device and member ids): a character is a byte, no
+        # U+FFFD can occur, and the only unprintable characters are the C0
+        # controls and DEL, looked for in the bytes before any regex runs.
+        lengths = _byte_lengths(trimmed)
+        control = (ascii_body < 0x20) | (ascii_body == 0x7F)
+        unprintable = (
+            _match(trimmed, r"[\p{Cc}\p{Cf}\p{Co}\p{Cs}]")
+            if control.any()
+            else np.zeros(len(trimmed), dtype=np.bool_)
+        )
+        bad_encoding = np.zeros(len(trimmed), dtype=np.bool_)
+    else:
+        lengths = _char_lengths(trimmed)
+        unprintable = _match(trimmed, r"[\p{Cc}\p{Cf}\p{Co}\p{Cs}]")
+        bad_encoding = _np_bool(pc.match_substring(trimmed, "\ufffd"))
     too_long = lengths > MAX_OPAQUE_LENGTH
-    unprintable = _match(trimmed, r"[\p{Cc}\p{Cf}\p{Co}\p{Cs}]")
-    bad_encoding = _np_bool(pc.match_substring(trimmed, "\ufffd"))
     placeholder = _placeholder_rows(trimmed, lengths <= 9)
     valid = (lengths > 0) & ~too_long & ~unprintable & ~bad_encoding & ~placeholder
     if valid.all():
