@@ -336,7 +336,9 @@ class BucketTask:
     ``person % n_buckets == bucket``; ``person // n_buckets`` is their local
     number. Touches: ``t_person`` (global codes) and ``t_key`` (the packed
     ``time | channel | click`` touch key of :class:`~atoll.analytics.paths.Prepared`,
-    laid out by ``base_ms``, ``time_bits`` and ``channel_bits``);
+    laid out by ``base_ms``, ``time_bits`` and ``channel_bits``), each in
+    parts (one per touch chunk, views where possible: they are joined in the
+    pass that builds the sort key, not copied first);
     ``ta_local[local person]`` marks the target audience. Orders: ``o_index``
     (row in the order table), ``o_person``, ``o_ms``, ``o_amount`` — only
     orders inside the window with a resolved person.
@@ -349,8 +351,8 @@ class BucketTask:
     base_ms: int
     time_bits: int
     channel_bits: int
-    t_person: npt.NDArray[np.signedinteger[Any]]
-    t_key: IntArray
+    t_person: list[npt.NDArray[np.signedinteger[Any]]]
+    t_key: list[IntArray]
     ta_local: BoolArray | None
     o_index: IntArray
     o_person: IntArray
@@ -451,12 +453,16 @@ def bucket_partial(task: BucketTask) -> Partial:
     cbits = task.channel_bits
     low = cbits + 1
     shift = task.time_bits + low
-    key = np.empty(task.t_person.size, dtype=np.int64)
-    np.floor_divide(task.t_person, b, out=key)  # the local person, widened in the same pass
-    n_local = int(key.max()) + 1 if key.size else 0
-    n_local = max(n_local, int(task.o_person.max()) // b + 1 if task.o_person.size else 0)
-    key <<= shift
-    key |= task.t_key
+    key = np.empty(sum(p.size for p in task.t_person), dtype=np.int64)
+    n_local = int(task.o_person.max()) // b + 1 if task.o_person.size else 0
+    at = 0
+    for person, touch in zip(task.t_person, task.t_key, strict=True):
+        part = key[at : at + person.size]
+        at += person.size
+        np.floor_divide(person, b, out=part)  # the local person, widened in the same pass
+        n_local = max(n_local, int(part.max()) + 1)
+        part <<= shift
+        part |= touch
     key.sort()
     # The sorted keys are read packed; only the touch times are unpacked whole.
     t_rel = key >> low
@@ -896,14 +902,10 @@ def _group_by_bucket(prepared: Prepared, b: int) -> list[IntArray]:
 
 def _bucket_slice(
     chunks: Sequence[npt.NDArray[Any]], bounds: list[IntArray], i: int
-) -> npt.NDArray[Any]:
-    """Bucket ``i``'s part of every chunk, joined (a view when there is one chunk)."""
+) -> list[npt.NDArray[Any]]:
+    """Bucket ``i``'s part of every chunk (views; empty parts left out)."""
     parts = [chunk[int(bd[i]) : int(bd[i + 1])] for chunk, bd in zip(chunks, bounds, strict=True)]
-    if len(parts) == 1:
-        return parts[0]
-    if not parts:
-        return np.empty(0, np.int64)
-    return np.concatenate(parts)
+    return [p for p in parts if p.size]
 
 
 def _waves(tasks: Iterator[BucketTask], limit: int) -> Iterator[list[BucketTask]]:
@@ -912,7 +914,7 @@ def _waves(tasks: Iterator[BucketTask], limit: int) -> Iterator[list[BucketTask]
     held = 0
     for t in tasks:
         wave.append(t)
-        held += int(t.t_key.size)
+        held += sum(int(k.size) for k in t.t_key)
         if held >= limit:
             yield wave
             wave, held = [], 0
