@@ -445,7 +445,9 @@ def bucket_partial(task: BucketTask) -> Partial:
     Touches are sorted once by a packed int64 key ``(local person, time,
     channel, click)`` — the local person number put in front of the touch key
     and a plain in-place ``np.sort``, several times faster than an
-    ``argsort`` followed by gathers — and unpacked again.
+    ``argsort`` followed by gathers. The sorted keys are read as they are:
+    only the touch times are unpacked whole; channel and click are taken
+    from the keys of the orders' touches (and whole only for Markov paths).
     """
     cfg = task.config
     c = task.n_channels

@@ -735,7 +735,7 @@ class _Group:
 
     rows: int
     n_devices: int
-    shards: list[tuple[pa.Array, npt.NDArray[np.int64]]]
+    shards: list[tuple[pa.Array, npt.NDArray[np.int32]]]
     channel_values: list[str]
     batches: list[_Batch]
     billed_cost: npt.NDArray[np.float64]
@@ -875,13 +875,13 @@ def _shard_of(ids: pa.Array, shards: int) -> npt.NDArray[np.int64]:
     return shard
 
 
-def _split(devices: pa.Array) -> list[tuple[pa.Array, npt.NDArray[np.int64]]]:
+def _split(devices: pa.Array) -> list[tuple[pa.Array, npt.NDArray[np.int32]]]:
     """The valid ids of ``devices`` per shard (:data:`_SHARDS`) with their positions."""
     valid = _bool(pc.is_valid(devices))
     if valid.all():
-        ids, where = devices, np.arange(len(devices), dtype=np.int64)
+        ids, where = devices, np.arange(len(devices), dtype=np.int32)
     else:
-        where = np.flatnonzero(valid)
+        where = np.flatnonzero(valid).astype(np.int32)  # kept per group to the end: 4 bytes
         ids = devices.filter(pa.array(valid))
     if _SHARDS == 1:
         return [(ids, where)]
@@ -970,7 +970,7 @@ class _EventScan:
         self.groups: list[_Group] = []
         self._shards = [_Shard() for _ in range(_SHARDS)]
         #: Per collected group: its number of entries and each shard's positions.
-        self._layout: list[tuple[int, list[npt.NDArray[np.int64]]]] = []
+        self._layout: list[tuple[int, list[npt.NDArray[np.int32]]]] = []
 
     def add_all(self, rows: int | None, batches: Iterator[pa.RecordBatch]) -> None:
         """Encode every batch, ``rows / _THREADS`` rows (bounded) per group.
