@@ -201,17 +201,22 @@ def basic_from_counts(
     person a row, channels the columns); ``ta_local`` as in
     :func:`basic_partial`.
     """
+    per_pair = np.ascontiguousarray(per_pair)  # views of a wider count table: made dense once
+    clicked = np.ascontiguousarray(clicked)
     c = per_pair.shape[1]
-    exposed = per_pair > 0
+    bins = FREQUENCY_BINS
+    # Every channel's frequency histogram in one bincount: cell (channel, min(count, 10)).
+    binned = np.minimum(per_pair, bins)
+    binned += np.arange(c, dtype=binned.dtype) * (bins + 1)
+    histogram = np.bincount(binned.ravel(), minlength=c * (bins + 1)).reshape(c, bins + 1)
+    frequency = histogram[:, 1:].astype(np.int64)  # counts 1 .. 9 and 10+; 0 left out
+    del binned
     per_person = per_pair.sum(axis=1)
-    uv = exposed.sum(axis=0).astype(np.int64)
-    frequency = np.stack([_frequency(per_pair[:, i]) for i in range(c)])  # over channels
-    click_uv = (clicked > 0).sum(axis=0).astype(np.int64)
     if ta_local is not None:
-        ta = np.zeros(exposed.shape[0], dtype=np.bool_)
+        ta = np.zeros(per_pair.shape[0], dtype=np.bool_)
         ta[: min(ta_local.size, ta.size)] = ta_local[: ta.size]
-        ta_uv = (exposed & ta[:, None]).sum(axis=0).astype(np.int64)
-        ta_reach = int((ta & (per_person > 0)).sum())
+        ta_uv = np.count_nonzero(per_pair[ta], axis=0).astype(np.int64)
+        ta_reach = int(np.count_nonzero(per_person[ta]))
     else:
         ta_uv = np.zeros(c, dtype=np.int64)
         ta_reach = 0
@@ -219,12 +224,12 @@ def basic_from_counts(
         impressions=per_pair.sum(axis=0).astype(np.int64),
         clicks=clicked.sum(axis=0).astype(np.int64),
         cost=np.zeros(c),
-        uv=uv,
-        click_uv=click_uv,
+        uv=frequency.sum(axis=1),
+        click_uv=np.count_nonzero(clicked, axis=0).astype(np.int64),
         ta_uv=ta_uv,
         frequency=frequency,
-        reach=int((per_person > 0).sum()),
-        click_reach=int((clicked.sum(axis=1) > 0).sum()),
+        reach=int(np.count_nonzero(per_person)),
+        click_reach=int(np.count_nonzero(clicked.sum(axis=1))),
         ta_reach=ta_reach,
         frequency_all=_frequency(per_person),
     )
