@@ -269,24 +269,3 @@ def test_reader_missing_a_column_is_named() -> None:
         prepare(reader, orders(order_rows), WINDOW)
     assert info.value.column == "device_id"
     assert info.value.source == "exposures"
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    ids=st.lists(st.text(max_size=6), max_size=40),
-    start=st.integers(0, 5),
-    large=st.booleans(),
-    shards=st.sampled_from([1, 2, 4, 8]),
-)
-def test_shard_of_depends_on_the_id_alone(
-    ids: list[str], start: int, large: bool, shards: int
-) -> None:
-    """Equal ids share a shard whatever the array (offsets, slicing, string width)."""
-    values = pa.array(["pad", *ids, *reversed(ids)], pa.large_string() if large else pa.string())
-    sliced = values.slice(min(start, len(values)))
-    got = paths._shard_of(sliced, shards).tolist()
-    assert all(0 <= k < shards for k in got)
-    alone = [int(paths._shard_of(pa.array([v]), shards)[0]) for v in sliced.to_pylist()]
-    assert got == alone
-    if "" in sliced.to_pylist():
-        assert alone[sliced.to_pylist().index("")] == 0

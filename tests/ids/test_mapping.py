@@ -23,6 +23,7 @@ from atoll.ids.mapping import (
     SplitRecord,
     build_id_graph,
     required_edge_columns,
+    tail_partition,
 )
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -534,3 +535,24 @@ def test_report_is_json_ready() -> None:
     assert data["size_histogram"] == {"1": 1, "2": 0, "3-5": 1, "6-10": 0, "11-100": 0, "101+": 0}
     assert data["edges_used"] == 3
     assert required_edge_columns() == ("id_type_a", "id_a", "id_type_b", "id_b")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ids=st.lists(st.text(max_size=6), max_size=40),
+    start=st.integers(0, 5),
+    large=st.booleans(),
+    shards=st.sampled_from([1, 2, 3, 4, 8, 64]),
+)
+def test_tail_partition_depends_on_the_string_alone(
+    ids: list[str], start: int, large: bool, shards: int
+) -> None:
+    """Equal strings share a partition whatever the array (offsets, slicing, string width)."""
+    values = pa.array(["pad", *ids, *reversed(ids)], pa.large_string() if large else pa.string())
+    sliced = values.slice(min(start, len(values)))
+    got = tail_partition(sliced, shards).tolist()
+    assert all(0 <= k < shards for k in got)
+    alone = [int(tail_partition(pa.array([v]), shards)[0]) for v in sliced.to_pylist()]
+    assert got == alone
+    if "" in sliced.to_pylist():
+        assert alone[sliced.to_pylist().index("")] == 0

@@ -70,7 +70,7 @@ import pyarrow.dataset as pa_ds
 from atoll.data.io import read_table
 from atoll.data.schema import EXPOSURES, ORDERS, TIMESTAMP, ExtraColumns, TableSpec, validate
 from atoll.errors import ConfigError, InputError, SchemaError
-from atoll.ids.mapping import IdGraph
+from atoll.ids.mapping import IdGraph, tail_partition
 from atoll.ids.normalize import IdKind, normalize_array
 
 __all__ = [
@@ -621,9 +621,9 @@ _ENCODING = _THREADS
 _SPLIT = 2
 #: Group dictionary entries that may wait before they are merged (see ``_EventScan._collect``).
 _MERGE_FLOOR = 1 << 18
-#: Hash shards of the distinct device ids, merged in parallel (a power of two;
-#: measured on 2 cores: the last merge, 950k entries, 140 ms in one piece, 100 ms in two).
-_SHARDS = 1 << max(0, (_THREADS - 1).bit_length())
+#: Shards of the distinct device ids, merged in parallel, one per thread (measured
+#: on 2 cores: the last merge, 950k entries, 140 ms in one piece, 100 ms in two).
+_SHARDS = _THREADS
 _EVENT_COLUMNS = ("event_id", "event_time", "event_type", "channel", "device_id")
 _NO_TIME = np.iinfo(np.int64).min
 #: Why an event is not used, in the order the checks apply (``event_counts`` keys).
@@ -723,7 +723,7 @@ class _Group:
     """Consecutive exposure batches encoded together: one device dictionary, batch arrays.
 
     ``n_devices``: the group's distinct raw device ids; ``shards``: their
-    *normalized* valid ids split by :func:`_shard_of`, each shard's ids with
+    *normalized* valid ids split by :func:`~atoll.ids.mapping.tail_partition`, each shard's ids with
     their positions among the ``n_devices`` (an invalid id is in no shard).
     ``billed_cost`` / ``valid_cost``: cost
     per group channel (``channel_values``) of the events in the campaign
@@ -850,31 +850,6 @@ def _encode_group(
     )
 
 
-def _shard_of(ids: pa.Array, shards: int) -> npt.NDArray[np.int64]:
-    """The shard (``0 .. shards-1``, a power of two) of each id, from its last two bytes.
-
-    Equal ids always share a shard, so shards' distinct ids are disjoint and
-    can be merged apart, in parallel. Ids ending in digits, hex or letters
-    spread evenly; a skew only costs parallelism, never correctness. An
-    empty id is in shard 0, a one-byte id uses its byte twice.
-    """
-    large = pa.types.is_large_string(ids.type)
-    buffers = ids.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=np.int64 if large else np.int32)
-    offsets = offsets[ids.offset : ids.offset + len(ids) + 1].astype(np.int64)
-    length = np.diff(offsets)
-    shard = np.zeros(len(ids), dtype=np.int64)
-    if buffers[2] is None or not length.any():
-        return shard
-    data = np.frombuffer(buffers[2], dtype=np.uint8)
-    filled = length > 0
-    last = offsets[1:][filled] - 1
-    prev = np.where(length[filled] > 1, last - 1, last)
-    mixed = data[last].astype(np.int64) * 31 + data[prev]
-    shard[filled] = mixed & (shards - 1)
-    return shard
-
-
 def _split(devices: pa.Array) -> list[tuple[pa.Array, npt.NDArray[np.int32]]]:
     """The valid ids of ``devices`` per shard (:data:`_SHARDS`) with their positions."""
     valid = _bool(pc.is_valid(devices))
@@ -885,7 +860,7 @@ def _split(devices: pa.Array) -> list[tuple[pa.Array, npt.NDArray[np.int32]]]:
         ids = devices.filter(pa.array(valid))
     if _SHARDS == 1:
         return [(ids, where)]
-    shard = _shard_of(ids, _SHARDS)
+    shard = tail_partition(ids, _SHARDS)
     out = []
     for k in range(_SHARDS):
         pick = shard == k
@@ -894,7 +869,7 @@ def _split(devices: pa.Array) -> list[tuple[pa.Array, npt.NDArray[np.int32]]]:
 
 
 class _Shard:
-    """One hash shard of the exposure log's distinct device ids (see :func:`_shard_of`).
+    """One shard of the exposure log's distinct device ids (see :func:`_split`).
 
     ``merged``: the shard's distinct ids merged so far (numbered by first
     appearance); ``waiting``: group ids not merged yet; ``remaps[g]``: the
@@ -947,9 +922,10 @@ class _EventScan:
     """Encodes the exposure log group by group; devices and channels are numbered at the end.
 
     Each group of batches is dictionary-encoded with one hash pass per row;
-    the groups' dictionaries are merged once at the end, so only distinct
-    values — never the event rows' strings — are kept. Groups are encoded by
-    up to ``_THREADS`` threads while the next group is read.
+    the groups' distinct ids are merged as they come, shard by shard (see
+    :class:`_Shard`), so only distinct values — never the event rows'
+    strings — are kept. Groups are encoded by up to ``_THREADS`` threads
+    while the next group is read.
     """
 
     def __init__(
@@ -1073,7 +1049,7 @@ class _EventScan:
             if self._graph is not None
             else (pa.array([], pa.string()), np.empty(0, np.int64))
         )
-        graph_shard = _shard_of(graph_ids, len(self._shards)) if len(graph_ids) else None
+        graph_shard = tail_partition(graph_ids, len(self._shards)) if len(graph_ids) else None
         tails: list[pa.Array | None] = []
         tail_numbers: list[npt.NDArray[np.int64]] = []
         for k in range(len(self._shards)):

@@ -66,6 +66,7 @@ from atoll.ids.normalize import (
     InvalidSample,
     mask_identifier,
     normalize_array,
+    string_buffers,
 )
 
 __all__ = [
@@ -77,6 +78,7 @@ __all__ = [
     "SplitRecord",
     "build_id_graph",
     "required_edge_columns",
+    "tail_partition",
 ]
 
 #: Default keyed-hash salt for ``one_id`` names; set your own per deployment
@@ -514,7 +516,9 @@ class _NodeDictionary:
         ):
             chunks = [chunk.cast(pa.large_string()) for chunk in chunks]
         pending = pa.chunked_array(chunks)
-        partition = np.concatenate([_partition_of(chunk) for chunk in pending.chunks])
+        partition = np.concatenate(  # uint8: numpy's stable argsort is then a radix sort
+            [tail_partition(chunk, _PARTITIONS).astype(np.uint8) for chunk in pending.chunks]
+        )
         order = np.argsort(partition, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(np.bincount(partition, minlength=_PARTITIONS))])
         grouped = pending.take(pa.array(order)).combine_chunks()
@@ -551,20 +555,30 @@ class _NodeDictionary:
         return keys, src, dst
 
 
-def _partition_of(keys: pa.Array) -> npt.NDArray[np.uint8]:
-    """A partition number per key from its last two bytes (keys are at least 3 bytes).
+def tail_partition(keys: pa.Array, parts: int) -> npt.NDArray[np.int64]:
+    """A partition ``0 .. parts-1`` of each string, from its last two bytes.
 
-    ``uint8`` so that numpy's stable argsort is a radix sort.
+    Equal strings always share a partition, so partitions' distinct values
+    are disjoint and can be deduplicated apart (the graph builder's
+    partitions, the attribution scan's parallel shards). Cheap: two bytes a
+    string, no hash of the whole string; ids ending in digits, hex or
+    letters spread evenly, and a skew only costs balance, never correctness.
+    A one-byte string uses its byte twice; an empty string is in partition 0.
     """
-    large = pa.types.is_large_string(keys.type)
-    buffers = keys.buffers()
-    raw = np.frombuffer(buffers[1], dtype=np.int64 if large else np.int32)
-    ends = raw[keys.offset + 1 : keys.offset + len(keys) + 1].astype(np.int64)
-    if ends.size == 0:
-        return np.empty(0, dtype=np.uint8)
-    data = np.frombuffer(buffers[2], dtype=np.uint8)
-    mixed = data[ends - 1].astype(np.int64) * 131 + data[ends - 2]
-    return np.asarray(mixed % _PARTITIONS, dtype=np.uint8)
+    offsets, data = string_buffers(keys)
+    length = np.diff(offsets)
+    if length.size and int(length.min()) >= 2:  # the usual case: no masks
+        last = offsets[1:] - 1
+        mixed = data[last].astype(np.int64) * 131 + data[last - 1]
+        mixed %= parts
+        return mixed
+    out = np.zeros(len(keys), dtype=np.int64)
+    filled = length > 0
+    if filled.any():
+        last = offsets[1:][filled] - 1
+        prev = np.where(length[filled] > 1, last - 1, last)
+        out[filled] = (data[last].astype(np.int64) * 131 + data[prev]) % parts
+    return out
 
 
 # ---------------------------------------------------------------------- building

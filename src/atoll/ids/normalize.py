@@ -68,6 +68,7 @@ __all__ = [
     "normalize_table_column",
     "normalize_value",
     "parse_form",
+    "string_buffers",
 ]
 
 BoolArray = npt.NDArray[np.bool_]
@@ -437,13 +438,17 @@ def _ascii_body(arr: pa.Array) -> npt.NDArray[np.uint8] | None:
     One vectorized pass over the data buffer (several times faster than
     ``string_is_ascii``, which walks the strings one by one).
     """
-    offsets, data = _buffers(arr)
+    offsets, data = string_buffers(arr)
     body = data[offsets[0] : offsets[-1]]
     return body if body.size == 0 or int(body.max()) < 0x80 else None
 
 
-def _buffers(arr: pa.Array) -> tuple[IntArray, npt.NDArray[np.uint8]]:
-    """Absolute byte offsets (``len + 1``) and the data buffer of a string array."""
+def string_buffers(arr: pa.Array) -> tuple[IntArray, npt.NDArray[np.uint8]]:
+    """Absolute byte offsets (``len + 1``, int64) and the data buffer of a string array.
+
+    Works for ``string`` and ``large_string`` and for slices (the array's
+    offset is applied); string ``i`` is ``data[offsets[i]:offsets[i + 1]]``.
+    """
     large = pa.types.is_large_string(arr.type)
     buffers = arr.buffers()
     raw_offsets = np.frombuffer(buffers[1], dtype=np.int64 if large else np.int32)
@@ -457,7 +462,7 @@ def _buffers(arr: pa.Array) -> tuple[IntArray, npt.NDArray[np.uint8]]:
 
 
 def _byte_lengths(arr: pa.Array) -> IntArray:
-    offsets, _ = _buffers(arr)
+    offsets, _ = string_buffers(arr)
     return np.diff(offsets)
 
 
@@ -477,7 +482,7 @@ def _from_bytes(type_: pa.DataType, offsets: IntArray, data: npt.NDArray[np.uint
 
 def _gather(arr: pa.Array, rows: IntArray, width: int) -> npt.NDArray[np.uint8]:
     """The first ``width`` bytes of each of ``rows`` (each at least that long)."""
-    offsets, data = _buffers(arr)
+    offsets, data = string_buffers(arr)
     if len(rows) == 0:
         return np.zeros((0, width), dtype=np.uint8)
     gathered: npt.NDArray[np.uint8] = data[offsets[rows][:, None] + np.arange(width)]
@@ -493,7 +498,7 @@ def _delete_ascii(arr: pa.Array, chars: bytes) -> pa.Array:
     """
     table = np.zeros(256, dtype=np.bool_)
     table[list(chars)] = True
-    offsets, data = _buffers(arr)
+    offsets, data = string_buffers(arr)
     start, end = int(offsets[0]), int(offsets[-1])
     segment = data[start:end]
     drop = table[segment]
