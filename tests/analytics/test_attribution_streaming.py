@@ -138,7 +138,9 @@ def test_groups_merges_and_waves_change_nothing(
 ) -> None:
     """Batches of 128 rows, groups of 384, merges after 40 waiting ids, waves of 300 touches.
 
-    The device-id shards change too (one, or four, against the default).
+    The device-id shards change too (one, or four, against the default), and
+    every group's ids are encoded in three hash partitions (the small default
+    run encodes them in one piece).
 
     With the graph, the scan's last merge takes the graph's device ids too:
     80 devices are 40 linked pairs, and 50 graph devices are not in the log.
@@ -165,6 +167,8 @@ def test_groups_merges_and_waves_change_nothing(
     monkeypatch.setattr(paths, "_GROUP_ROWS", 384)
     monkeypatch.setattr(paths, "_MERGE_FLOOR", 40)
     monkeypatch.setattr(paths, "_SHARDS", 1 if paths._SHARDS > 1 else 4)  # the other layout
+    monkeypatch.setattr(paths, "_PARTITIONED_MIN", 0)  # every group's ids hash-partitioned
+    monkeypatch.setattr(paths, "_ROW_PARTS", 3)  # (not a power of two)
     monkeypatch.setattr(attribution, "_WAVE_TOUCHES", 300)
     many = results(ex, order_table, excluded, graph)
     assert len(many[0].t_key_chunks) > 10  # the small sizes did cut the work
@@ -209,6 +213,38 @@ def test_groups_merges_and_waves_change_nothing(
     ]
     assert prepared.billed_cost.sum() == pytest.approx(0.25 * len(period))
     assert prepared.valid_cost.sum() == pytest.approx(0.25 * len(usable))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(st.none(), st.sampled_from(["", "a", "ab", "é", "dev1"]), st.text(max_size=5)),
+        max_size=60,
+    ),
+    parts=st.sampled_from([1, 2, 3, 16, 64]),
+    start=st.integers(0, 4),
+    large=st.booleans(),
+)
+def test_partitioned_encode_is_a_dictionary_encode(
+    values: list[str | None], parts: int, start: int, large: bool
+) -> None:
+    """Per row the same value as the input, distinct dictionary entries, -1 for a null."""
+    array = pa.array(["pad", *values], pa.large_string() if large else pa.string())
+    array = array.slice(min(start, len(array)))
+    old = paths._PARTITIONED_MIN
+    try:
+        paths._PARTITIONED_MIN = 0
+        dictionary, index = paths._partitioned_encode(array, parts)
+    finally:
+        paths._PARTITIONED_MIN = old
+    assert index.dtype == np.int32
+    assert len(index) == len(array)
+    entries = dictionary.to_pylist()
+    assert len(set(entries)) == len(entries)
+    want = array.to_pylist()
+    got = [entries[i] if i >= 0 else None for i in index.tolist()]
+    assert got == want
+    assert set(entries) == {v for v in want if v is not None}
 
 
 def test_prepared_decodes_its_touch_keys() -> None:

@@ -556,3 +556,22 @@ def test_tail_partition_depends_on_the_string_alone(
     assert got == alone
     if "" in sliced.to_pylist():
         assert alone[sliced.to_pylist().index("")] == 0
+
+
+def test_tail_partition_known_values() -> None:
+    """(last byte * 131 + the byte before) mod parts; one byte counts twice; empty is 0."""
+    keys = pa.array(["ab", "x", "", "é"])  # "é" is the bytes C3 A9
+    assert tail_partition(keys, 1000).tolist() == [
+        (98 * 131 + 97) % 1000,
+        (120 * 131 + 120) % 1000,
+        0,
+        (0xA9 * 131 + 0xC3) % 1000,
+    ]
+    assert tail_partition(keys, 16).tolist() == [
+        (98 * 131 + 97) % 16,
+        (120 * 131 + 120) % 16,
+        0,
+        (0xA9 * 131 + 0xC3) % 16,
+    ]
+    with pytest.raises(ValueError, match="parts"):
+        tail_partition(keys, 0)

@@ -624,6 +624,11 @@ _MERGE_FLOOR = 1 << 18
 #: Shards of the distinct device ids, merged in parallel, one per thread (measured
 #: on 2 cores: the last merge, 950k entries, 140 ms in one piece, 100 ms in two).
 _SHARDS = _THREADS
+#: Hash partitions of a group's device ids (see :func:`_partitioned_encode`):
+#: 16 keep a partition's table of a 2M-row group (~15k ids) within L2.
+_ROW_PARTS = 16
+#: Fewer rows are encoded in one piece (their table fits anyway).
+_PARTITIONED_MIN = 1 << 16
 _EVENT_COLUMNS = ("event_id", "event_time", "event_type", "channel", "device_id")
 _NO_TIME = np.iinfo(np.int64).min
 #: Why an event is not used, in the order the checks apply (``event_counts`` keys).
@@ -755,21 +760,62 @@ def _group_devices(batches: list[pa.RecordBatch]) -> tuple[pa.Array, list[npt.ND
     The batches' device columns are joined into one array first: Arrow's
     ``dictionary_encode`` of a chunked array keeps one dictionary across its
     chunks at a cost (measured on 2M ids in 2 chunks: 0.22 s, against 0.17 s
-    joined, the copy included).
+    joined, the copy included). See :func:`_partitioned_encode` for how the
+    ids are hashed.
     """
     columns = [_text(b.column("device_id")) for b in batches]
     if sum(c.nbytes for c in columns) > 1 << 30:  # stay clear of 32-bit string offsets
         columns = [c.cast(pa.large_string()) for c in columns]
     joined = columns[0] if len(columns) == 1 else pa.concat_arrays(columns)
     del columns
-    encoded = pc.dictionary_encode(joined)
+    dictionary, index = _partitioned_encode(joined, _ROW_PARTS)
     del joined
-    index = np.asarray(_indices(encoded.indices), dtype=np.int32)
     bounds = np.cumsum([0, *(b.num_rows for b in batches)])
-    dictionary: pa.Array = encoded.dictionary
     if dictionary.nbytes < 1 << 30:
         dictionary = dictionary.cast(pa.string())
     return dictionary, [index[a:b] for a, b in pairwise(bounds)]
+
+
+def _partitioned_encode(values: pa.Array, parts: int) -> tuple[pa.Array, npt.NDArray[np.int32]]:
+    """``dictionary_encode`` of ``values`` in ``parts`` hash partitions: distinct values, indices.
+
+    Why: one hash table for a group's ids (~230k distinct ids in 2M rows)
+    is far larger than a core's L2 cache, so nearly every row's probe
+    misses it (~100 ns a row). The rows are first put in order of their
+    :func:`~atoll.ids.mapping.tail_partition` (a stable 8-bit radix sort and
+    one gather of the strings), and each partition is encoded apart with a
+    table that fits; the indices are scattered back. Measured on 2M ids:
+    0.08 s for the 16 encodes, 0.1 s for partitioning, gathering and
+    scattering, against 0.3 s for one encode. The distinct values come
+    partition by partition (first appearance within each); an index is -1
+    for a null.
+    """
+    n = len(values)
+    if parts <= 1 or n < _PARTITIONED_MIN:
+        encoded = pc.dictionary_encode(values)
+        return encoded.dictionary, np.asarray(_indices(encoded.indices), dtype=np.int32)
+    part = tail_partition(values, parts).astype(np.uint8)
+    order = np.argsort(part, kind="stable").astype(np.int32)  # radix sort of 8-bit keys
+    sizes = np.bincount(part, minlength=parts)
+    del part
+    ordered = values.take(pa.array(order))
+    index = np.empty(n, dtype=np.int32)
+    dictionaries: list[pa.Array] = []
+    start = base = 0
+    for size in sizes.tolist():
+        encoded = pc.dictionary_encode(ordered.slice(start, size))
+        codes = np.asarray(_indices(encoded.indices), dtype=np.int32)
+        if base:
+            codes = (
+                np.where(codes >= 0, codes + base, codes)
+                if encoded.indices.null_count
+                else codes + base
+            )
+        index[order[start : start + size]] = codes
+        dictionaries.append(encoded.dictionary)
+        base += len(encoded.dictionary)
+        start += size
+    return pa.concat_arrays(dictionaries), index
 
 
 def _encode_group(

@@ -555,29 +555,36 @@ class _NodeDictionary:
         return keys, src, dst
 
 
-def tail_partition(keys: pa.Array, parts: int) -> npt.NDArray[np.int64]:
-    """A partition ``0 .. parts-1`` of each string, from its last two bytes.
+def tail_partition(keys: pa.Array, parts: int) -> npt.NDArray[np.uint16]:
+    """A partition ``0 .. parts-1`` (at most 65,536 parts) of each string, from its last 2 bytes.
 
     Equal strings always share a partition, so partitions' distinct values
     are disjoint and can be deduplicated apart (the graph builder's
-    partitions, the attribution scan's parallel shards). Cheap: two bytes a
-    string, no hash of the whole string; ids ending in digits, hex or
-    letters spread evenly, and a skew only costs balance, never correctness.
-    A one-byte string uses its byte twice; an empty string is in partition 0.
+    partitions, the attribution scan's parallel shards and its per-row hash
+    partitions). Cheap: two bytes a string, no hash of the whole string,
+    16-bit arithmetic; ids ending in digits, hex or letters spread evenly,
+    and a skew only costs balance, never correctness. A one-byte string
+    uses its byte twice; an empty (or null) string is in partition 0.
     """
+    if not 1 <= parts <= 1 << 16:
+        raise ValueError(f"parts must be within 1 .. 65536, not {parts}")
     offsets, data = string_buffers(keys)
     length = np.diff(offsets)
-    if length.size and int(length.min()) >= 2:  # the usual case: no masks
-        last = offsets[1:] - 1
-        mixed = data[last].astype(np.int64) * 131 + data[last - 1]
+    whole = bool(length.size) and int(length.min()) >= 2  # the usual case: no masks
+    filled = slice(None) if whole else length > 0
+    last = offsets[1:][filled] - 1
+    prev = last - 1 if whole else np.where(length[filled] > 1, last - 1, last)
+    mixed = data[last].astype(np.uint16)
+    mixed *= 131  # at most 255 * 131 + 255 < 2**16
+    mixed += data[prev]
+    if parts & (parts - 1) == 0:
+        mixed &= parts - 1
+    else:
         mixed %= parts
+    if whole:
         return mixed
-    out = np.zeros(len(keys), dtype=np.int64)
-    filled = length > 0
-    if filled.any():
-        last = offsets[1:][filled] - 1
-        prev = np.where(length[filled] > 1, last - 1, last)
-        out[filled] = (data[last].astype(np.int64) * 131 + data[prev]) % parts
+    out = np.zeros(len(keys), dtype=np.uint16)
+    out[filled] = mixed
     return out
 
 
