@@ -568,15 +568,15 @@ def tail_partition(keys: pa.Array, parts: int) -> npt.NDArray[np.uint16]:
     """
     if not 1 <= parts <= 1 << 16:
         raise ValueError(f"parts must be within 1 .. 65536, not {parts}")
-    offsets, data = string_buffers(keys)
+    offsets, data = string_buffers(keys, native=True)  # int32 indices: half the bytes
     length = np.diff(offsets)
     whole = bool(length.size) and int(length.min()) >= 2  # the usual case: no masks
     filled = slice(None) if whole else length > 0
     last = offsets[1:][filled] - 1
     prev = last - 1 if whole else np.where(length[filled] > 1, last - 1, last)
-    mixed = data[last].astype(np.uint16)
+    mixed = data.take(last).astype(np.uint16)
     mixed *= 131  # at most 255 * 131 + 255 < 2**16
-    mixed += data[prev]
+    mixed += data.take(prev)
     if parts & (parts - 1) == 0:
         mixed &= parts - 1
     else:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -443,16 +443,31 @@ def _ascii_body(arr: pa.Array) -> npt.NDArray[np.uint8] | None:
     return body if body.size == 0 or int(body.max()) < 0x80 else None
 
 
-def string_buffers(arr: pa.Array) -> tuple[IntArray, npt.NDArray[np.uint8]]:
-    """Absolute byte offsets (``len + 1``, int64) and the data buffer of a string array.
+@overload
+def string_buffers(
+    arr: pa.Array, *, native: Literal[False] = False
+) -> tuple[IntArray, npt.NDArray[np.uint8]]: ...
+@overload
+def string_buffers(
+    arr: pa.Array, *, native: Literal[True]
+) -> tuple[npt.NDArray[np.signedinteger[Any]], npt.NDArray[np.uint8]]: ...
+def string_buffers(
+    arr: pa.Array, *, native: bool = False
+) -> tuple[npt.NDArray[np.signedinteger[Any]], npt.NDArray[np.uint8]]:
+    """Absolute byte offsets (``len + 1``; int64 unless ``native``) and the data of a string array.
 
     Works for ``string`` and ``large_string`` and for slices (the array's
     offset is applied); string ``i`` is ``data[offsets[i]:offsets[i + 1]]``.
+    ``native``: the offsets as the array stores them (int32 for ``string``),
+    a read-only view instead of a widened copy.
     """
     large = pa.types.is_large_string(arr.type)
     buffers = arr.buffers()
-    raw_offsets = np.frombuffer(buffers[1], dtype=np.int64 if large else np.int32)
-    offsets: IntArray = raw_offsets[arr.offset : arr.offset + len(arr) + 1].astype(np.int64)
+    width: type[np.signedinteger[Any]] = np.int64 if large else np.int32
+    raw_offsets = np.frombuffer(buffers[1], dtype=width)
+    offsets = raw_offsets[arr.offset : arr.offset + len(arr) + 1]
+    if not native:
+        offsets = offsets.astype(np.int64)
     data: npt.NDArray[np.uint8] = (
         np.frombuffer(buffers[2], dtype=np.uint8)
         if buffers[2] is not None
