@@ -221,7 +221,7 @@ def test_groups_merges_and_waves_change_nothing(
         st.one_of(st.none(), st.sampled_from(["", "a", "ab", "é", "dev1"]), st.text(max_size=5)),
         max_size=60,
     ),
-    parts=st.sampled_from([1, 2, 3, 16, 64]),
+    parts=st.sampled_from([1, 2, 3, 16, 64, 300]),
     start=st.integers(0, 4),
     large=st.booleans(),
 )

@@ -794,8 +794,10 @@ def _partitioned_encode(values: pa.Array, parts: int) -> tuple[pa.Array, npt.NDA
     if parts <= 1 or n < _PARTITIONED_MIN:
         encoded = pc.dictionary_encode(values)
         return encoded.dictionary, np.asarray(_indices(encoded.indices), dtype=np.int32)
-    part = tail_partition(values, parts).astype(np.uint8)
-    order = np.argsort(part, kind="stable").astype(np.int32)  # radix sort of 8-bit keys
+    part = tail_partition(values, parts)
+    if parts <= 1 << 8:
+        part = part.astype(np.uint8)
+    order = np.argsort(part, kind="stable").astype(np.int32)  # a radix sort (8 or 16-bit keys)
     sizes = np.bincount(part, minlength=parts)
     del part
     ordered = values.take(pa.array(order))
