@@ -878,13 +878,11 @@ def _one_id_text(digests: npt.NDArray[np.uint8], rows: npt.NDArray[np.int64]) ->
 
 def _strip_prefixes(values: pa.Array, prefix: npt.NDArray[np.int64]) -> pa.Array:
     """Drop the first ``prefix[i]`` bytes of each (null-free, ASCII-prefixed) string."""
-    large = pa.types.is_large_string(values.type)
-    buffers = values.buffers()
-    raw = np.frombuffer(buffers[1], dtype=np.int64 if large else np.int32)
-    offsets = raw[values.offset : values.offset + len(values) + 1].astype(np.int64)
     if len(values) == 0:
         return pa.array([], type=values.type)
-    data = np.frombuffer(buffers[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    large = pa.types.is_large_string(values.type)
+    offsets, buffer = string_buffers(values)
+    data = buffer[offsets[0] : offsets[-1]]
     starts = offsets[:-1] - offsets[0]
     drop = np.zeros(data.size, dtype=np.bool_)
     for position in range(int(prefix.max())):  # over prefix bytes (<= 14), not rows
