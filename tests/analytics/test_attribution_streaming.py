@@ -168,6 +168,7 @@ def test_groups_merges_and_waves_change_nothing(
     monkeypatch.setattr(paths, "_MERGE_FLOOR", 40)
     monkeypatch.setattr(paths, "_SHARDS", 1 if paths._SHARDS > 1 else 4)  # the other layout
     monkeypatch.setattr(paths, "_PARTITIONED_MIN", 0)  # every group's ids hash-partitioned
+    monkeypatch.setattr(paths, "_PARTITION_DISTINCT", 0.0)
     monkeypatch.setattr(paths, "_ROW_PARTS", 3)  # (not a power of two)
     monkeypatch.setattr(attribution, "_WAVE_TOUCHES", 300)
     many = results(ex, order_table, excluded, graph)
@@ -231,12 +232,12 @@ def test_partitioned_encode_is_a_dictionary_encode(
     """Per row the same value as the input, distinct dictionary entries, -1 for a null."""
     array = pa.array(["pad", *values], pa.large_string() if large else pa.string())
     array = array.slice(min(start, len(array)))
-    old = paths._PARTITIONED_MIN
+    old = paths._PARTITIONED_MIN, paths._PARTITION_DISTINCT
     try:
-        paths._PARTITIONED_MIN = 0
+        paths._PARTITIONED_MIN, paths._PARTITION_DISTINCT = 0, 0.0
         dictionary, index = paths._partitioned_encode(array, parts)
     finally:
-        paths._PARTITIONED_MIN = old
+        paths._PARTITIONED_MIN, paths._PARTITION_DISTINCT = old
     assert index.dtype == np.int32
     assert len(index) == len(array)
     entries = dictionary.to_pylist()
@@ -245,6 +246,32 @@ def test_partitioned_encode_is_a_dictionary_encode(
     got = [entries[i] if i >= 0 else None for i in index.tolist()]
     assert got == want
     assert set(entries) == {v for v in want if v is not None}
+
+
+def test_only_groups_of_mostly_distinct_ids_are_partitioned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sample of the first ids decides: a repetitive log keeps one (cache-sized) table."""
+    monkeypatch.setattr(paths, "_PARTITIONED_MIN", 100)
+    distinct = pa.array([f"d{i}" for i in range(300)])
+    repeated = pa.array([f"d{i % 10}" for i in range(300)])
+    assert paths._many_distinct(distinct)
+    assert not paths._many_distinct(repeated)
+    # Only the first 100 ids are sampled: 90 repeats, then new ids.
+    assert not paths._many_distinct(pa.concat_arrays([repeated.slice(0, 90), distinct]))
+    calls: list[int] = []
+    encode = paths.pc.dictionary_encode
+
+    def counted(values: pa.Array) -> pa.Array:
+        calls.append(len(values))
+        return encode(values)
+
+    monkeypatch.setattr(paths.pc, "dictionary_encode", counted)
+    for values, pieces in ((distinct, 16), (repeated, 1)):
+        calls.clear()
+        dictionary, index = paths._partitioned_encode(values, 16)
+        assert len(calls) == pieces
+        assert dictionary.take(pa.array(index)).to_pylist() == values.to_pylist()
 
 
 def test_prepared_decodes_its_touch_keys() -> None:
