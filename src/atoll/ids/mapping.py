@@ -564,7 +564,8 @@ def tail_partition(keys: pa.Array, parts: int) -> npt.NDArray[np.uint16]:
     partitions). Cheap: two bytes a string, no hash of the whole string,
     16-bit arithmetic; ids ending in digits, hex or letters spread evenly,
     and a skew only costs balance, never correctness. A one-byte string
-    uses its byte twice; an empty (or null) string is in partition 0.
+    uses its byte twice; an empty string is in partition 0 (so is a null
+    whose slot is empty, as Arrow writes them).
     """
     if not 1 <= parts <= 1 << 16:
         raise ValueError(f"parts must be within 1 .. 65536, not {parts}")
