@@ -22,6 +22,7 @@ from atoll.ids.mapping import (
     MappingConfig,
     SplitRecord,
     build_id_graph,
+    group_by_tail,
     required_edge_columns,
     tail_partition,
 )
@@ -575,3 +576,24 @@ def test_tail_partition_known_values() -> None:
     ]
     with pytest.raises(ValueError, match="parts"):
         tail_partition(keys, 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ids=st.lists(st.text(max_size=4), max_size=50),
+    parts=st.sampled_from([1, 3, 16, 300]),
+    chunked=st.booleans(),
+)
+def test_group_by_tail_groups_stably(ids: list[str], parts: int, chunked: bool) -> None:
+    """Partition k's keys, in input order, at ``order``'s positions of the input."""
+    keys = pa.array(ids, pa.string())
+    source = pa.chunked_array([keys.slice(0, len(ids) // 2), keys.slice(len(ids) // 2)])
+    grouped, order, bounds = group_by_tail(source if chunked else keys, parts)
+    assert grouped.to_pylist() == [ids[i] for i in order.tolist()]
+    partition = tail_partition(keys, parts).tolist()
+    assert len(bounds) == parts + 1
+    assert bounds[-1] == len(ids)
+    for k, (lo, hi) in enumerate(itertools.pairwise(bounds.tolist())):
+        where = order[lo:hi].tolist()
+        assert where == sorted(where)
+        assert all(partition[i] == k for i in where)

@@ -70,7 +70,7 @@ import pyarrow.dataset as pa_ds
 from atoll.data.io import read_table
 from atoll.data.schema import EXPOSURES, ORDERS, TIMESTAMP, ExtraColumns, TableSpec, validate
 from atoll.errors import ConfigError, InputError, SchemaError
-from atoll.ids.mapping import IdGraph, tail_partition
+from atoll.ids.mapping import IdGraph, group_by_tail, tail_partition
 from atoll.ids.normalize import IdKind, normalize_array
 
 __all__ = [
@@ -788,12 +788,13 @@ def _partitioned_encode(values: pa.Array, parts: int) -> tuple[pa.Array, npt.NDA
 
     Why: one hash table for a group's ids (~230k distinct ids in 2M rows)
     is far larger than a core's L2 cache, so nearly every row's probe
-    misses it (~100 ns a row). The rows are first put in order of their
-    :func:`~atoll.ids.mapping.tail_partition` (a stable 8-bit radix sort and
-    one gather of the strings), and each partition is encoded apart with a
-    table that fits; the indices are scattered back. Measured on 2M ids:
-    0.08 s for the 16 encodes, 0.1 s for partitioning, gathering and
-    scattering, against 0.3 s for one encode. Ids that repeat a lot (few
+    misses it (~100 ns a row). The rows are first grouped by their
+    :func:`~atoll.ids.mapping.tail_partition`
+    (:func:`~atoll.ids.mapping.group_by_tail`: a radix sort and one gather
+    of the strings), and each partition is encoded apart with a table that
+    fits; the indices are scattered back. Measured on 2M ids: 0.08 s for the
+    16 encodes, 0.1 s for partitioning, gathering and scattering, against
+    0.3 s for one encode. Ids that repeat a lot (few
     distinct, see :data:`_PARTITION_DISTINCT`) are encoded in one piece. The
     distinct values come partition by partition (first appearance within
     each); an index is -1 for a null.
@@ -802,29 +803,18 @@ def _partitioned_encode(values: pa.Array, parts: int) -> tuple[pa.Array, npt.NDA
     if parts <= 1 or n < _PARTITIONED_MIN or not _many_distinct(values):
         encoded = pc.dictionary_encode(values)
         return encoded.dictionary, np.asarray(_indices(encoded.indices), dtype=np.int32)
-    part = tail_partition(values, parts)
-    if parts <= 1 << 8:
-        part = part.astype(np.uint8)
-    order = np.argsort(part, kind="stable").astype(np.int32)  # a radix sort (8 or 16-bit keys)
-    sizes = np.bincount(part, minlength=parts)
-    del part
-    ordered = values.take(pa.array(order))
+    grouped, order, bounds = group_by_tail(values, parts)
     index = np.empty(n, dtype=np.int32)
     dictionaries: list[pa.Array] = []
-    start = base = 0
-    for size in sizes.tolist():
-        encoded = pc.dictionary_encode(ordered.slice(start, size))
+    base = 0
+    for lo, hi in pairwise(bounds.tolist()):
+        encoded = pc.dictionary_encode(grouped.slice(lo, hi - lo))
         codes = np.asarray(_indices(encoded.indices), dtype=np.int32)
         if base:
-            codes = (
-                np.where(codes >= 0, codes + base, codes)
-                if encoded.indices.null_count
-                else codes + base
-            )
-        index[order[start : start + size]] = codes
+            codes = np.where(codes >= 0, codes + base, -1)  # a null stays -1
+        index[order[lo:hi]] = codes
         dictionaries.append(encoded.dictionary)
         base += len(encoded.dictionary)
-        start += size
     return pa.concat_arrays(dictionaries), index
 
 

@@ -77,6 +77,7 @@ __all__ = [
     "MappingReport",
     "SplitRecord",
     "build_id_graph",
+    "group_by_tail",
     "required_edge_columns",
     "tail_partition",
 ]
@@ -515,14 +516,7 @@ class _NodeDictionary:
             pa.types.is_large_string(chunk.type) for chunk in chunks
         ):
             chunks = [chunk.cast(pa.large_string()) for chunk in chunks]
-        pending = pa.chunked_array(chunks)
-        partition = np.concatenate(  # uint8: numpy's stable argsort is then a radix sort
-            [tail_partition(chunk, _PARTITIONS).astype(np.uint8) for chunk in pending.chunks]
-        )
-        order = np.argsort(partition, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(partition, minlength=_PARTITIONS))])
-        grouped = pending.take(pa.array(order)).combine_chunks()
-        del pending
+        grouped, order, bounds = group_by_tail(pa.chunked_array(chunks), _PARTITIONS)
         remap = np.empty(order.size, dtype=np.int64)
         for part in range(_PARTITIONS):  # over partitions, not rows
             lo, hi = int(bounds[part]), int(bounds[part + 1])
@@ -587,6 +581,33 @@ def tail_partition(keys: pa.Array, parts: int) -> npt.NDArray[np.uint16]:
     out = np.zeros(len(keys), dtype=np.uint16)
     out[filled] = mixed
     return out
+
+
+def group_by_tail(
+    keys: pa.Array | pa.ChunkedArray, parts: int
+) -> tuple[pa.Array, npt.NDArray[np.intp], npt.NDArray[np.int64]]:
+    """``keys`` grouped by :func:`tail_partition`: the grouped keys, their order, the bounds.
+
+    Partition ``k``'s keys are ``grouped[bounds[k]:bounds[k + 1]]``, which
+    were at positions ``order[bounds[k]:bounds[k + 1]]`` of ``keys`` (in
+    their original order: the sort is stable). With at most 256 parts the
+    partition numbers are 8-bit, and NumPy's stable argsort is then a radix
+    sort. Each partition can then be deduplicated apart, with a hash table
+    a fraction of the size (the graph builder's compaction, the attribution
+    scan's device ids).
+    """
+    chunks = keys.chunks if isinstance(keys, pa.ChunkedArray) else [keys]
+    partition = np.concatenate(
+        [tail_partition(chunk, parts) for chunk in chunks] or [np.empty(0, np.uint16)]
+    )
+    if parts <= 1 << 8:
+        partition = partition.astype(np.uint8)
+    order = np.argsort(partition, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(partition, minlength=parts))])
+    grouped = keys.take(pa.array(order))
+    if isinstance(grouped, pa.ChunkedArray):
+        grouped = grouped.combine_chunks()
+    return grouped, order, bounds.astype(np.int64)
 
 
 # ---------------------------------------------------------------------- building
