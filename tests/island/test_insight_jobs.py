@@ -299,11 +299,7 @@ def test_island_ivt_and_filtered_attribution_equal_the_plain_ones(tmp_path: Path
 def test_island_lbs_tags_equal_the_plain_ones(tmp_path: Path) -> None:
     world = generate_world(WorldConfig(devices=2000, seed=5))
     pings, pois = world.tables["provider/pings"], world.tables["provider/pois"]
-    island = Island(tmp_path / "island", backend=SimulatedBackend({"backend": "simulated"}))
-    provider, brand = Party("provider", tmp_path), Party("brand", tmp_path)
-    fn = BucketFunction(2)
-    provider.upload(island, provider.seal("pings", pings, "device_id", fn))
-    provider.upload(island, provider.seal("pois", pois, "poi_id", fn))
+    island, provider, brand = _lbs_island(tmp_path, pings, pois, buckets=2)
     policy = sim_policy(island.backend.measurement)
     released = {}
     for row_level in (True, False):
@@ -347,14 +343,22 @@ def test_island_lbs_tags_equal_the_plain_ones(tmp_path: Path) -> None:
     assert checked > 0
 
 
+def _lbs_island(
+    tmp_path: Path, pings: pa.Table, pois: pa.Table, *, buckets: int
+) -> tuple[Island, Party, Party]:
+    """An island holding the provider's pings (by device id) and POIs, and the two parties."""
+    island = Island(tmp_path / "island", backend=SimulatedBackend({"backend": "simulated"}))
+    provider, brand = Party("provider", tmp_path), Party("brand", tmp_path)
+    fn = BucketFunction(buckets)
+    provider.upload(island, provider.seal("pings", pings, "device_id", fn))
+    provider.upload(island, provider.seal("pois", pois, "poi_id", fn))
+    return island, provider, brand
+
+
 def _island_lbs_rows(
     tmp_path: Path, pings: pa.Table, pois: pa.Table, before_run: Callable[[], None] = lambda: None
 ) -> pa.Table:
-    island = Island(tmp_path / "island", backend=SimulatedBackend({"backend": "simulated"}))
-    provider, brand = Party("provider", tmp_path), Party("brand", tmp_path)
-    fn = BucketFunction(4)
-    provider.upload(island, provider.seal("pings", pings, "device_id", fn))
-    provider.upload(island, provider.seal("pois", pois, "poi_id", fn))
+    island, provider, brand = _lbs_island(tmp_path, pings, pois, buckets=4)
     text = _three_party_job(
         [provider, brand],
         [("pings", provider), ("pois", provider)],
