@@ -70,7 +70,7 @@ import pyarrow.dataset as pa_ds
 from atoll.data.io import read_table
 from atoll.data.schema import EXPOSURES, ORDERS, TIMESTAMP, ExtraColumns, TableSpec, validate
 from atoll.errors import ConfigError, InputError, SchemaError
-from atoll.ids.mapping import IdGraph, group_by_tail, tail_partition
+from atoll.ids.mapping import IdGraph, group_by_tail
 from atoll.ids.normalize import IdKind, normalize_array
 
 __all__ = [
@@ -913,12 +913,9 @@ def _split(devices: pa.Array) -> list[tuple[pa.Array, npt.NDArray[np.int32]]]:
         ids = devices.filter(pa.array(valid))
     if _SHARDS == 1:
         return [(ids, where)]
-    shard = tail_partition(ids, _SHARDS)
-    out = []
-    for k in range(_SHARDS):
-        pick = shard == k
-        out.append((ids.filter(pa.array(pick)), where[pick]))
-    return out
+    grouped, order, bounds = group_by_tail(ids, _SHARDS)
+    where = where[order]
+    return [(grouped.slice(lo, hi - lo), where[lo:hi]) for lo, hi in pairwise(bounds.tolist())]
 
 
 class _Shard:
@@ -1102,17 +1099,14 @@ class _EventScan:
             if self._graph is not None
             else (pa.array([], pa.string()), np.empty(0, np.int64))
         )
-        graph_shard = tail_partition(graph_ids, len(self._shards)) if len(graph_ids) else None
-        tails: list[pa.Array | None] = []
-        tail_numbers: list[npt.NDArray[np.int64]] = []
-        for k in range(len(self._shards)):
-            if graph_shard is None:
-                tails.append(None)
-                tail_numbers.append(np.empty(0, np.int64))
-            else:
-                pick = graph_shard == k
-                tails.append(graph_ids.filter(pa.array(pick)))
-                tail_numbers.append(numbers[pick])
+        tails: list[pa.Array | None] = [None] * len(self._shards)
+        tail_numbers = [np.empty(0, np.int64)] * len(self._shards)
+        if len(graph_ids):
+            grouped, order, bounds = group_by_tail(graph_ids, len(self._shards))
+            numbers = numbers[order]
+            cuts = list(pairwise(bounds.tolist()))
+            tails = [grouped.slice(lo, hi - lo) for lo, hi in cuts]
+            tail_numbers = [numbers[lo:hi] for lo, hi in cuts]
         found = self._merge(tails)
         merged = [shard.merged for shard in self._shards]
         base = np.cumsum([0, *(len(m) for m in merged)])
